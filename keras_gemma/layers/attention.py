@@ -1,0 +1,221 @@
+"""Grouped-query attention with Gemma's options and a read-only KV cache.
+
+Einsum letters, fixed for this file: b batch, t query length, s key length,
+n query heads, k key/value heads, g query heads per key/value head (n = k*g),
+h head_dim, d hidden_dim.
+"""
+
+import keras
+from keras import ops
+
+from keras_gemma.layers.rms_normalization import RMSNormalization
+from keras_gemma.layers.rotary_embedding import RotaryEmbedding
+
+# Added to masked logits. Large but finite so fully masked (padding) rows stay
+# finite in float32 and in bfloat16.
+MASKED_LOGIT = -1e9
+
+
+def soft_cap(logits, cap):
+    """`cap * tanh(logits / cap)`; identity when `cap` is None."""
+    if cap is None:
+        return logits
+    return ops.tanh(logits / cap) * cap
+
+
+@keras.saving.register_keras_serializable(package="keras_gemma")
+class GemmaAttention(keras.layers.Layer):
+    """Multi-query / grouped-query attention as Gemma 1, 2 and 3 use it.
+
+    Queries are scaled by `query_pre_attn_scalar ** -0.5` (not always
+    `head_dim ** -0.5`: Gemma 2 27B uses 144 and Gemma 3 27B 168). Gemma 3
+    normalizes queries and keys over `head_dim` before RoPE. Logits are
+    optionally soft-capped (Gemma 2). The mask (causal, padding and sliding
+    window) is built by the caller, so one layer serves both layer types.
+
+    With `cache=(key_cache, value_cache)` the layer attends over the cached
+    keys and values *and* the new ones, without writing the cache: the new
+    keys and values are returned and the caller stores them (in place where
+    the backend allows). Keeping writes out of the layer keeps it pure.
+
+    Args:
+        num_query_heads: int.
+        num_key_value_heads: int, divides `num_query_heads`.
+        head_dim: int.
+        query_pre_attn_scalar: float. Queries are multiplied by its -1/2 power.
+        attention_logit_soft_cap: float or None.
+        use_query_key_norm: bool. RMS-normalize queries and keys (Gemma 3).
+        rope_wavelength: float. RoPE base for this layer.
+        rope_scaling_factor: float. Linear RoPE position scaling.
+        layer_norm_epsilon: float. For the query/key norms.
+        dropout: float. Dropout on the attention probabilities in training.
+
+    Call arguments:
+        inputs: `[b, t, d]`.
+        positions: int `[b, t]`, RoPE positions of the inputs.
+        attention_mask: bool `[b, t, s]`; `s = t` without a cache and
+            `s = cache_length + t` with one (cache slots first).
+        cache: optional `(key_cache, value_cache)`, each `[b, cache_length, k, h]`.
+        return_key_value: bool. Also return this call's `(key, value)`.
+        training: bool.
+
+    Returns:
+        `[b, t, d]`, or `(output, (key, value))` with key and value `[b, t, k, h]`
+        when `return_key_value` is true or a cache is given.
+    """
+
+    def __init__(
+        self,
+        num_query_heads,
+        num_key_value_heads,
+        head_dim,
+        query_pre_attn_scalar,
+        attention_logit_soft_cap=None,
+        use_query_key_norm=False,
+        rope_wavelength=10000.0,
+        rope_scaling_factor=1.0,
+        layer_norm_epsilon=1e-6,
+        dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.query_pre_attn_scalar = query_pre_attn_scalar
+        self.attention_logit_soft_cap = attention_logit_soft_cap
+        self.use_query_key_norm = use_query_key_norm
+        self.rope_wavelength = rope_wavelength
+        self.rope_scaling_factor = rope_scaling_factor
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout = dropout
+        self.groups = num_query_heads // num_key_value_heads
+
+        policy = self.dtype_policy
+        # Kernel layouts follow keras-hub: query (n, d, h), key/value (k, d, h),
+        # output (n, h, d).
+        self.query = keras.layers.EinsumDense(
+            "btd,ndh->btnh",
+            output_shape=(None, num_query_heads, head_dim),
+            name="query",
+            dtype=policy,
+        )
+        self.key = keras.layers.EinsumDense(
+            "bsd,kdh->bskh",
+            output_shape=(None, num_key_value_heads, head_dim),
+            name="key",
+            dtype=policy,
+        )
+        self.value = keras.layers.EinsumDense(
+            "bsd,kdh->bskh",
+            output_shape=(None, num_key_value_heads, head_dim),
+            name="value",
+            dtype=policy,
+        )
+        if use_query_key_norm:
+            self.query_norm = RMSNormalization(
+                layer_norm_epsilon, name="query_norm", dtype=policy
+            )
+            self.key_norm = RMSNormalization(
+                layer_norm_epsilon, name="key_norm", dtype=policy
+            )
+        self.rotary_embedding = RotaryEmbedding(
+            rope_wavelength, rope_scaling_factor, name="rotary_embedding", dtype=policy
+        )
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=policy)
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        self.query.build(input_shape)
+        self.key.build(input_shape)
+        self.value.build(input_shape)
+        # Built here because the output width `d` is only known now.
+        self.attention_output = keras.layers.EinsumDense(
+            "btnh,nhd->btd",
+            output_shape=(None, hidden_dim),
+            name="attention_output",
+            dtype=self.dtype_policy,
+        )
+        self.attention_output.build(
+            (None, None, self.num_query_heads, self.head_dim)
+        )
+        if self.use_query_key_norm:
+            head_shape = (None, None, None, self.head_dim)
+            self.query_norm.build(head_shape)
+            self.key_norm.build(head_shape)
+
+    def _project_key_value(self, inputs, positions):
+        key = self.key(inputs)  # (b, t, k, h)
+        value = self.value(inputs)  # (b, t, k, h)
+        if self.use_query_key_norm:
+            key = self.key_norm(key)
+        key = self.rotary_embedding(key, positions)
+        return key, value
+
+    def call(
+        self,
+        inputs,
+        positions,
+        attention_mask,
+        cache=None,
+        return_key_value=False,
+        training=False,
+    ):
+        batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        k, g, h = self.num_key_value_heads, self.groups, self.head_dim
+
+        query = self.query(inputs)  # (b, t, n, h)
+        if self.use_query_key_norm:
+            query = self.query_norm(query)
+        query = self.rotary_embedding(query, positions)
+        query = query * ops.cast(self.query_pre_attn_scalar**-0.5, query.dtype)
+        query = ops.reshape(query, (batch, length, k, g, h))  # (b, t, k, g, h)
+        key, value = self._project_key_value(inputs, positions)
+
+        logits = ops.einsum("btkgh,bskh->bkgts", query, key)
+        if cache is not None:
+            key_cache, value_cache = cache
+            cache_logits = ops.einsum("btkgh,bskh->bkgts", query, key_cache)
+            logits = ops.concatenate([cache_logits, logits], axis=-1)
+        logits = soft_cap(ops.cast(logits, "float32"), self.attention_logit_soft_cap)
+        mask = attention_mask[:, None, None, :, :]  # (b, 1, 1, t, s)
+        logits = ops.where(mask, logits, MASKED_LOGIT)
+        probabilities = ops.softmax(logits, axis=-1)
+        probabilities = ops.cast(probabilities, self.compute_dtype)
+        probabilities = self.dropout_layer(probabilities, training=training)
+
+        if cache is not None:
+            cache_length = ops.shape(key_cache)[1]
+            cache_probabilities = probabilities[..., :cache_length]
+            probabilities = probabilities[..., cache_length:]
+            attended = ops.einsum(
+                "bkgts,bskh->btkgh", cache_probabilities, value_cache
+            ) + ops.einsum("bkgts,bskh->btkgh", probabilities, value)
+        else:
+            attended = ops.einsum("bkgts,bskh->btkgh", probabilities, value)
+        attended = ops.reshape(attended, (batch, length, k * g, h))
+        output = self.attention_output(attended)  # (b, t, d)
+        if return_key_value or cache is not None:
+            return output, (key, value)
+        return output
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_query_heads": self.num_query_heads,
+                "num_key_value_heads": self.num_key_value_heads,
+                "head_dim": self.head_dim,
+                "query_pre_attn_scalar": self.query_pre_attn_scalar,
+                "attention_logit_soft_cap": self.attention_logit_soft_cap,
+                "use_query_key_norm": self.use_query_key_norm,
+                "rope_wavelength": self.rope_wavelength,
+                "rope_scaling_factor": self.rope_scaling_factor,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "dropout": self.dropout,
+            }
+        )
+        return config

@@ -1,0 +1,61 @@
+"""Gemma's gated feed-forward block (GeGLU)."""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_gemma")
+class GatedFeedForward(keras.layers.Layer):
+    """`down(gelu_tanh(gate(x)) * up(x))`, no biases.
+
+    GELU is the tanh approximation (HF `gelu_pytorch_tanh`; DeepMind's Gemma
+    uses the same). Sublayer names follow keras-hub so its checkpoints map one
+    to one: `ffw_gating` (gate), `ffw_gating_2` (up), `ffw_linear` (down).
+
+    Args:
+        hidden_dim: int. Model width `d`.
+        intermediate_dim: int. Width of ONE branch (HF `intermediate_size`).
+
+    Call arguments:
+        inputs: tensor `[batch, seq, hidden_dim]`.
+
+    Returns:
+        A tensor `[batch, seq, hidden_dim]`.
+    """
+
+    def __init__(self, hidden_dim, intermediate_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        dense_kwargs = {"dtype": self.dtype_policy, "use_bias": False}
+        self.ffw_gating = keras.layers.Dense(
+            intermediate_dim, name="ffw_gating", **dense_kwargs
+        )
+        self.ffw_gating_2 = keras.layers.Dense(
+            intermediate_dim, name="ffw_gating_2", **dense_kwargs
+        )
+        self.ffw_linear = keras.layers.Dense(
+            hidden_dim, name="ffw_linear", **dense_kwargs
+        )
+
+    def build(self, input_shape):
+        self.ffw_gating.build(input_shape)
+        self.ffw_gating_2.build(input_shape)
+        self.ffw_linear.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+
+    def call(self, inputs):
+        gate = ops.gelu(self.ffw_gating(inputs), approximate=True)
+        return self.ffw_linear(gate * self.ffw_gating_2(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.hidden_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+            }
+        )
+        return config

@@ -1,0 +1,64 @@
+"""Rotary position embedding (RoPE), half-split layout as in HF Gemma."""
+
+import keras
+from keras import ops
+
+
+def rope_inverse_frequencies(head_dim, wavelength):
+    """`1 / wavelength ** (2i / head_dim)` for i in [0, head_dim / 2), float32."""
+    exponents = ops.arange(0, head_dim, 2, dtype="float32") / head_dim
+    return 1.0 / ops.power(ops.cast(wavelength, "float32"), exponents)
+
+
+@keras.saving.register_keras_serializable(package="keras_gemma")
+class RotaryEmbedding(keras.layers.Layer):
+    """Rotates the feature pairs `(i, i + head_dim / 2)` by `position * freq_i`.
+
+    Positions are divided by `scaling_factor` first (linear RoPE scaling, used
+    by Gemma 3 4B and larger on their global layers). Angles are computed in
+    float32, the result is cast back to the input's dtype.
+
+    Args:
+        wavelength: float. The RoPE base (10,000 or 1,000,000 for Gemma).
+        scaling_factor: float >= 1. Linear position scaling.
+
+    Call arguments:
+        inputs: tensor `[batch, seq, heads, head_dim]`.
+        positions: int tensor `[batch, seq]`, the position of each token.
+
+    Returns:
+        The rotated tensor, same shape and dtype as `inputs`.
+    """
+
+    def __init__(self, wavelength=10000.0, scaling_factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.wavelength = wavelength
+        self.scaling_factor = scaling_factor
+
+    def call(self, inputs, positions):
+        head_dim = inputs.shape[-1]
+        inverse_frequencies = rope_inverse_frequencies(head_dim, self.wavelength)
+        positions = ops.cast(positions, "float32") / self.scaling_factor
+        # (b, t, h/2): the angle of every feature pair at every position.
+        angles = positions[..., None] * inverse_frequencies
+        # (b, t, 1, h): the same angle for both halves, broadcast over heads.
+        angles = ops.concatenate([angles, angles], axis=-1)[:, :, None, :]
+        cos = ops.cos(angles)
+        sin = ops.sin(angles)
+        x = ops.cast(inputs, "float32")
+        first_half, second_half = ops.split(x, 2, axis=-1)
+        rotated_half = ops.concatenate([-second_half, first_half], axis=-1)
+        return ops.cast(x * cos + rotated_half * sin, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "wavelength": self.wavelength,
+                "scaling_factor": self.scaling_factor,
+            }
+        )
+        return config
