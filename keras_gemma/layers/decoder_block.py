@@ -1,0 +1,217 @@
+"""One Gemma transformer block."""
+
+import keras
+from keras import ops
+
+from keras_gemma.layers.attention import GemmaAttention
+from keras_gemma.layers.feed_forward import GatedFeedForward
+from keras_gemma.layers.masks import attention_mask as build_attention_mask
+from keras_gemma.layers.masks import positions_from_padding_mask
+from keras_gemma.layers.rms_normalization import RMSNormalization
+
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+LAYER_TYPES = (FULL_ATTENTION, SLIDING_ATTENTION)
+
+
+@keras.saving.register_keras_serializable(package="keras_gemma")
+class GemmaDecoderBlock(keras.layers.Layer):
+    """Pre-norm attention and GeGLU feed-forward with residual connections.
+
+    Gemma 1 normalizes only the inputs of each branch; Gemma 2 and 3 also
+    normalize each branch's output (`use_post_attention_norm`,
+    `use_post_ffw_norm`). The block owns no mask logic: its caller passes the
+    mask matching `layer_type`.
+
+    Args:
+        hidden_dim: int.
+        intermediate_dim: int. Width of one feed-forward branch.
+        num_query_heads: int.
+        num_key_value_heads: int.
+        head_dim: int.
+        layer_type: "full_attention" or "sliding_attention".
+        sliding_window_size: int or None. Used when the block builds its own
+            mask (sliding layers only).
+        query_pre_attn_scalar: float.
+        attention_logit_soft_cap: float or None.
+        use_post_attention_norm: bool.
+        use_post_ffw_norm: bool.
+        use_query_key_norm: bool.
+        rope_wavelength: float. RoPE base of this layer.
+        rope_scaling_factor: float.
+        layer_norm_epsilon: float.
+        dropout: float. Applied to each branch's output in training.
+
+    Call arguments:
+        inputs: `[batch, seq, hidden_dim]`.
+        padding_mask: `[batch, seq]`, 1 for real tokens. When given (and
+            `attention_mask` is not), the block derives positions and its
+            causal / sliding mask from it: the plain forward pass.
+        positions: int `[batch, seq]`.
+        attention_mask: bool `[batch, seq, keys]`.
+        cache: optional `(key_cache, value_cache)`, see `GemmaAttention`.
+        return_key_value: bool.
+        training: bool.
+
+    Returns:
+        `[batch, seq, hidden_dim]`, or `(outputs, (key, value))` when a cache
+        is given or `return_key_value` is true.
+    """
+
+    def __init__(
+        self,
+        hidden_dim,
+        intermediate_dim,
+        num_query_heads,
+        num_key_value_heads,
+        head_dim,
+        layer_type=FULL_ATTENTION,
+        sliding_window_size=None,
+        query_pre_attn_scalar=None,
+        attention_logit_soft_cap=None,
+        use_post_attention_norm=False,
+        use_post_ffw_norm=False,
+        use_query_key_norm=False,
+        rope_wavelength=10000.0,
+        rope_scaling_factor=1.0,
+        layer_norm_epsilon=1e-6,
+        dropout=0.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if layer_type not in LAYER_TYPES:
+            raise ValueError(
+                f"`layer_type` must be one of {LAYER_TYPES}. Received: {layer_type!r}"
+            )
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.num_query_heads = num_query_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.layer_type = layer_type
+        self.sliding_window_size = sliding_window_size
+        self.query_pre_attn_scalar = (
+            head_dim if query_pre_attn_scalar is None else query_pre_attn_scalar
+        )
+        self.attention_logit_soft_cap = attention_logit_soft_cap
+        self.use_post_attention_norm = use_post_attention_norm
+        self.use_post_ffw_norm = use_post_ffw_norm
+        self.use_query_key_norm = use_query_key_norm
+        self.rope_wavelength = rope_wavelength
+        self.rope_scaling_factor = rope_scaling_factor
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout = dropout
+
+        policy = self.dtype_policy
+        self.pre_attention_norm = RMSNormalization(
+            layer_norm_epsilon, name="pre_attention_norm", dtype=policy
+        )
+        self.attention = GemmaAttention(
+            num_query_heads=num_query_heads,
+            num_key_value_heads=num_key_value_heads,
+            head_dim=head_dim,
+            query_pre_attn_scalar=self.query_pre_attn_scalar,
+            attention_logit_soft_cap=attention_logit_soft_cap,
+            use_query_key_norm=use_query_key_norm,
+            rope_wavelength=rope_wavelength,
+            rope_scaling_factor=rope_scaling_factor,
+            layer_norm_epsilon=layer_norm_epsilon,
+            dropout=dropout,
+            name="attention",
+            dtype=policy,
+        )
+        if use_post_attention_norm:
+            self.post_attention_norm = RMSNormalization(
+                layer_norm_epsilon, name="post_attention_norm", dtype=policy
+            )
+        self.pre_ffw_norm = RMSNormalization(
+            layer_norm_epsilon, name="pre_ffw_norm", dtype=policy
+        )
+        self.feed_forward = GatedFeedForward(
+            hidden_dim, intermediate_dim, name="feed_forward", dtype=policy
+        )
+        if use_post_ffw_norm:
+            self.post_ffw_norm = RMSNormalization(
+                layer_norm_epsilon, name="post_ffw_norm", dtype=policy
+            )
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=policy)
+
+    def build(self, input_shape):
+        self.pre_attention_norm.build(input_shape)
+        self.attention.build(input_shape)
+        if self.use_post_attention_norm:
+            self.post_attention_norm.build(input_shape)
+        self.pre_ffw_norm.build(input_shape)
+        self.feed_forward.build(input_shape)
+        if self.use_post_ffw_norm:
+            self.post_ffw_norm.build(input_shape)
+
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        positions=None,
+        attention_mask=None,
+        cache=None,
+        return_key_value=False,
+        training=False,
+    ):
+        if attention_mask is None:
+            positions = positions_from_padding_mask(padding_mask)
+            slots = ops.arange(ops.shape(inputs)[1], dtype="int32")
+            window = (
+                self.sliding_window_size
+                if self.layer_type == SLIDING_ATTENTION
+                else None
+            )
+            attention_mask = build_attention_mask(slots, slots, padding_mask, window)
+        normed = self.pre_attention_norm(inputs)
+        attended = self.attention(
+            normed,
+            positions=positions,
+            attention_mask=attention_mask,
+            cache=cache,
+            return_key_value=return_key_value,
+            training=training,
+        )
+        key_value = None
+        if cache is not None or return_key_value:
+            attended, key_value = attended
+        if self.use_post_attention_norm:
+            attended = self.post_attention_norm(attended)
+        x = inputs + self.dropout_layer(attended, training=training)
+
+        transformed = self.feed_forward(self.pre_ffw_norm(x))
+        if self.use_post_ffw_norm:
+            transformed = self.post_ffw_norm(transformed)
+        x = x + self.dropout_layer(transformed, training=training)
+        if key_value is not None:
+            return x, key_value
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "num_query_heads": self.num_query_heads,
+                "num_key_value_heads": self.num_key_value_heads,
+                "head_dim": self.head_dim,
+                "layer_type": self.layer_type,
+                "sliding_window_size": self.sliding_window_size,
+                "query_pre_attn_scalar": self.query_pre_attn_scalar,
+                "attention_logit_soft_cap": self.attention_logit_soft_cap,
+                "use_post_attention_norm": self.use_post_attention_norm,
+                "use_post_ffw_norm": self.use_post_ffw_norm,
+                "use_query_key_norm": self.use_query_key_norm,
+                "rope_wavelength": self.rope_wavelength,
+                "rope_scaling_factor": self.rope_scaling_factor,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "dropout": self.dropout,
+            }
+        )
+        return config

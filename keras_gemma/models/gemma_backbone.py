@@ -1,0 +1,303 @@
+"""The Gemma transformer: one class for Gemma 1, 2 and 3, architecture as data."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_gemma.layers.decoder_block import FULL_ATTENTION
+from keras_gemma.layers.decoder_block import LAYER_TYPES
+from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
+from keras_gemma.layers.decoder_block import GemmaDecoderBlock
+from keras_gemma.layers.rms_normalization import RMSNormalization
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
+def _check_optional_positive_number(name, value):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive number or None. Received: {name}={value!r}"
+        )
+
+
+def validate_config(config):
+    """Raises `ValueError` naming the field, the value and what is allowed."""
+    for name in (
+        "vocabulary_size",
+        "num_layers",
+        "num_query_heads",
+        "num_key_value_heads",
+        "hidden_dim",
+        "intermediate_dim",
+        "head_dim",
+    ):
+        _check_positive_int(name, config[name])
+    if config["num_query_heads"] % config["num_key_value_heads"]:
+        raise ValueError(
+            "`num_query_heads` must be a multiple of `num_key_value_heads`. "
+            f"Received: num_query_heads={config['num_query_heads']}, "
+            f"num_key_value_heads={config['num_key_value_heads']}"
+        )
+    if config["head_dim"] % 2:
+        raise ValueError(
+            f"`head_dim` must be even for rotary embeddings. Received: head_dim={config['head_dim']}"
+        )
+    layer_types = config["layer_types"]
+    if len(layer_types) != config["num_layers"]:
+        raise ValueError(
+            f"`layer_types` must have one entry per layer (num_layers={config['num_layers']}). "
+            f"Received {len(layer_types)} entries: {list(layer_types)}"
+        )
+    for index, layer_type in enumerate(layer_types):
+        if layer_type not in LAYER_TYPES:
+            raise ValueError(
+                f"`layer_types[{index}]` must be one of {LAYER_TYPES}. Received: {layer_type!r}"
+            )
+    if SLIDING_ATTENTION in layer_types:
+        _check_positive_int("sliding_window_size", config["sliding_window_size"])
+    elif config["sliding_window_size"] is not None:
+        _check_positive_int("sliding_window_size", config["sliding_window_size"])
+    for name in (
+        "query_pre_attn_scalar",
+        "attention_logit_soft_cap",
+        "final_logit_soft_cap",
+        "rope_wavelength",
+        "local_rope_wavelength",
+        "rope_scaling_factor",
+        "layer_norm_epsilon",
+    ):
+        _check_optional_positive_number(name, config[name])
+    if config["rope_scaling_factor"] is None:
+        raise ValueError("`rope_scaling_factor` must be a positive number. Received: None")
+    if not 0.0 <= config["dropout"] < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={config['dropout']!r}")
+    for name in ("use_post_attention_norm", "use_post_ffw_norm", "use_query_key_norm"):
+        if not isinstance(config[name], bool):
+            raise ValueError(f"`{name}` must be a bool. Received: {name}={config[name]!r}")
+
+
+def _scale_embeddings(x, hidden_dim):
+    # HF Gemma: the sqrt(d) normalizer is rounded to the compute dtype first.
+    return x * ops.cast(math.sqrt(hidden_dim), x.dtype)
+
+
+@keras.saving.register_keras_serializable(package="keras_gemma")
+class GemmaBackbone(keras.Model):
+    """Gemma 1, 2 and 3 (text) as one functional model, configured by data.
+
+    Token ids go through a tied embedding scaled by `sqrt(hidden_dim)`, then
+    `num_layers` decoder blocks whose attention type comes from `layer_types`,
+    then a final RMS normalization. The output is the hidden states; the
+    language-model head (tied embedding, final soft-cap) is in `GemmaCausalLM`.
+
+    Args:
+        vocabulary_size: int.
+        num_layers: int.
+        num_query_heads: int.
+        num_key_value_heads: int. 1 is multi-query attention.
+        hidden_dim: int. Model width.
+        intermediate_dim: int. Width of ONE feed-forward branch (HF
+            `intermediate_size`).
+        head_dim: int.
+        layer_types: sequence of "full_attention" / "sliding_attention", one per
+            layer. Defaults to all full attention.
+        sliding_window_size: int or None. Keys a sliding layer sees, the query
+            itself included.
+        query_pre_attn_scalar: float. Queries are scaled by its `-1/2` power.
+            Defaults to `head_dim`.
+        attention_logit_soft_cap: float or None (Gemma 2: 50).
+        final_logit_soft_cap: float or None (Gemma 2: 30).
+        use_post_attention_norm: bool (Gemma 2 and 3).
+        use_post_ffw_norm: bool (Gemma 2 and 3).
+        use_query_key_norm: bool (Gemma 3).
+        rope_wavelength: float. RoPE base of full-attention layers.
+        local_rope_wavelength: float. RoPE base of sliding layers. Defaults to
+            `rope_wavelength`.
+        rope_scaling_factor: float. Linear RoPE scaling of full-attention layers.
+        layer_norm_epsilon: float.
+        dropout: float.
+        dtype: dtype or `keras.DTypePolicy` ("float32", "bfloat16",
+            "mixed_bfloat16", ...).
+
+    Example:
+    ```python
+    backbone = keras_gemma.GemmaBackbone(
+        vocabulary_size=256, num_layers=2, num_query_heads=4,
+        num_key_value_heads=1, hidden_dim=32, intermediate_dim=64, head_dim=8,
+    )
+    hidden = backbone({"token_ids": np.ones((1, 5), "int32"),
+                       "padding_mask": np.ones((1, 5), "int32")})
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        num_query_heads,
+        num_key_value_heads,
+        hidden_dim,
+        intermediate_dim,
+        head_dim,
+        layer_types=None,
+        sliding_window_size=None,
+        query_pre_attn_scalar=None,
+        attention_logit_soft_cap=None,
+        final_logit_soft_cap=None,
+        use_post_attention_norm=False,
+        use_post_ffw_norm=False,
+        use_query_key_norm=False,
+        rope_wavelength=10000.0,
+        local_rope_wavelength=None,
+        rope_scaling_factor=1.0,
+        layer_norm_epsilon=1e-6,
+        dropout=0.0,
+        dtype=None,
+        **kwargs,
+    ):
+        if layer_types is None and isinstance(num_layers, int):
+            layer_types = [FULL_ATTENTION] * num_layers
+        if isinstance(layer_types, str):
+            raise ValueError(
+                "`layer_types` must be a list with one entry per layer, not a string. "
+                f"Received: {layer_types!r}"
+            )
+        config = {
+            "vocabulary_size": vocabulary_size,
+            "num_layers": num_layers,
+            "num_query_heads": num_query_heads,
+            "num_key_value_heads": num_key_value_heads,
+            "hidden_dim": hidden_dim,
+            "intermediate_dim": intermediate_dim,
+            "head_dim": head_dim,
+            "layer_types": list(layer_types or []),
+            "sliding_window_size": sliding_window_size,
+            "query_pre_attn_scalar": (
+                head_dim if query_pre_attn_scalar is None else query_pre_attn_scalar
+            ),
+            "attention_logit_soft_cap": attention_logit_soft_cap,
+            "final_logit_soft_cap": final_logit_soft_cap,
+            "use_post_attention_norm": use_post_attention_norm,
+            "use_post_ffw_norm": use_post_ffw_norm,
+            "use_query_key_norm": use_query_key_norm,
+            "rope_wavelength": rope_wavelength,
+            "local_rope_wavelength": (
+                rope_wavelength if local_rope_wavelength is None else local_rope_wavelength
+            ),
+            "rope_scaling_factor": rope_scaling_factor,
+            "layer_norm_epsilon": layer_norm_epsilon,
+            "dropout": dropout,
+        }
+        validate_config(config)
+
+        # === Layers ===
+        token_embedding = keras.layers.ReversibleEmbedding(
+            input_dim=vocabulary_size,
+            output_dim=hidden_dim,
+            tie_weights=True,
+            embeddings_initializer=keras.initializers.VarianceScaling(
+                scale=1.0, mode="fan_in", distribution="untruncated_normal", seed=None
+            ),
+            dtype=dtype,
+            name="token_embedding",
+        )
+        transformer_layers = []
+        for index, layer_type in enumerate(config["layer_types"]):
+            is_sliding = layer_type == SLIDING_ATTENTION
+            transformer_layers.append(
+                GemmaDecoderBlock(
+                    hidden_dim=hidden_dim,
+                    intermediate_dim=intermediate_dim,
+                    num_query_heads=num_query_heads,
+                    num_key_value_heads=num_key_value_heads,
+                    head_dim=head_dim,
+                    layer_type=layer_type,
+                    sliding_window_size=sliding_window_size if is_sliding else None,
+                    query_pre_attn_scalar=config["query_pre_attn_scalar"],
+                    attention_logit_soft_cap=attention_logit_soft_cap,
+                    use_post_attention_norm=use_post_attention_norm,
+                    use_post_ffw_norm=use_post_ffw_norm,
+                    use_query_key_norm=use_query_key_norm,
+                    rope_wavelength=(
+                        config["local_rope_wavelength"] if is_sliding else rope_wavelength
+                    ),
+                    # Gemma 3 scales only its global layers (HF `rope_parameters`).
+                    rope_scaling_factor=1.0 if is_sliding else rope_scaling_factor,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    dropout=dropout,
+                    dtype=dtype,
+                    name=f"decoder_block_{index}",
+                )
+            )
+        final_normalization = RMSNormalization(
+            layer_norm_epsilon, dtype=dtype, name="final_normalization"
+        )
+
+        # === Functional Model ===
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+        x = _scale_embeddings(token_embedding(token_ids), hidden_dim)
+        for layer in transformer_layers:
+            x = layer(x, padding_mask=padding_mask)
+        sequence_output = final_normalization(x)
+        super().__init__(
+            inputs={"token_ids": token_ids, "padding_mask": padding_mask},
+            outputs=sequence_output,
+            dtype=dtype,
+            **kwargs,
+        )
+
+        # Layers are attached after `Model.__init__` (PyTorch modules refuse
+        # attributes before it).
+        self.token_embedding = token_embedding
+        self.transformer_layers = transformer_layers
+        self.final_normalization = final_normalization
+
+        # === Config ===
+        for name, value in config.items():
+            setattr(self, name, value)
+
+    def embed(self, token_ids):
+        """Scaled token embeddings `[b, t, hidden_dim]` (used by generation)."""
+        return _scale_embeddings(self.token_embedding(token_ids), self.hidden_dim)
+
+    def get_config(self):
+        return {
+            "vocabulary_size": self.vocabulary_size,
+            "num_layers": self.num_layers,
+            "num_query_heads": self.num_query_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "head_dim": self.head_dim,
+            "layer_types": list(self.layer_types),
+            "sliding_window_size": self.sliding_window_size,
+            "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "attention_logit_soft_cap": self.attention_logit_soft_cap,
+            "final_logit_soft_cap": self.final_logit_soft_cap,
+            "use_post_attention_norm": self.use_post_attention_norm,
+            "use_post_ffw_norm": self.use_post_ffw_norm,
+            "use_query_key_norm": self.use_query_key_norm,
+            "rope_wavelength": self.rope_wavelength,
+            "local_rope_wavelength": self.local_rope_wavelength,
+            "rope_scaling_factor": self.rope_scaling_factor,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "dropout": self.dropout,
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        dtype = config.pop("dtype", None)
+        if isinstance(dtype, dict):
+            dtype = keras.dtype_policies.deserialize(dtype)
+        return cls(dtype=dtype, **config)

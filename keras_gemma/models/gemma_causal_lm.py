@@ -1,0 +1,68 @@
+"""Gemma as a causal language model: backbone plus the tied-embedding head."""
+
+import keras
+from keras import ops
+
+from keras_gemma.layers.attention import soft_cap
+from keras_gemma.models.gemma_backbone import GemmaBackbone
+
+
+def logits_from_hidden_states(backbone, hidden_states):
+    """Tied-embedding projection then the final soft-cap, in float32.
+
+    The soft-cap applies in training as well as inference (HF and DeepMind's
+    Gemma 2 do this; keras-hub once skipped it in training).
+    """
+    logits = backbone.token_embedding(hidden_states, reverse=True)
+    logits = ops.cast(logits, "float32")
+    return soft_cap(logits, backbone.final_logit_soft_cap)
+
+
+@keras.saving.register_keras_serializable(package="keras_gemma")
+class GemmaCausalLM(keras.Model):
+    """A Gemma backbone with its language-model head.
+
+    Calling the model maps `{"token_ids", "padding_mask"}` `[batch, seq]` to
+    next-token logits `[batch, seq, vocabulary_size]` (float32): the final
+    hidden states times the transposed token embedding, soft-capped by
+    `final_logit_soft_cap` when the backbone has one.
+
+    Args:
+        backbone: a `GemmaBackbone`.
+        preprocessor: a `GemmaCausalLMPreprocessor` or None.
+
+    Example:
+    ```python
+    lm = keras_gemma.GemmaCausalLM(backbone)
+    logits = lm({"token_ids": ids, "padding_mask": mask})
+    ```
+    """
+
+    def __init__(self, backbone, preprocessor=None, **kwargs):
+        # === Functional Model ===
+        inputs = backbone.input
+        hidden_states = backbone(inputs)
+        logits = logits_from_hidden_states(backbone, hidden_states)
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+
+        # === Config ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+
+    def get_config(self):
+        return {
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "preprocessor": keras.saving.serialize_keras_object(self.preprocessor),
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if config.get("preprocessor") is not None:
+            config["preprocessor"] = keras.saving.deserialize_keras_object(
+                config["preprocessor"]
+            )
+        return cls(**config)

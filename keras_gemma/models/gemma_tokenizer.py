@@ -1,0 +1,478 @@
+"""Gemma's SentencePiece tokenizer, with or without TensorFlow."""
+
+import base64
+import json
+import os
+import re
+import sys
+
+import keras
+import numpy as np
+import sentencepiece
+
+from keras_gemma.formats import preset as preset_lib
+
+TOKENIZER_CONFIG_FILE = "tokenizer.json"
+START_OF_TURN_TOKEN = "<start_of_turn>"
+END_OF_TURN_TOKEN = "<end_of_turn>"
+CHAT_ROLES = ("system", "user", "assistant", "model")
+
+# `sentencepiece_model.proto` piece types.
+_CONTROL_PIECE_TYPES = ("is_control", "is_unknown")
+
+
+def is_tensorflow_tensor(value):
+    """Whether `value` is a `tf.Tensor` or `tf.RaggedTensor`.
+
+    Never imports TensorFlow: if it was not imported, `value` cannot be one.
+    """
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is None:
+        return False
+    return isinstance(value, (tensorflow.Tensor, tensorflow.RaggedTensor))
+
+
+def write_file_atomically(path, data):
+    """Writes `data` (bytes or str) to `path` through a temporary file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary_path = f"{path}.tmp{os.getpid()}"
+    mode = "wb" if isinstance(data, bytes) else "w"
+    encoding = None if isinstance(data, bytes) else "utf-8"
+    with open(temporary_path, mode, encoding=encoding) as file:
+        file.write(data)
+    os.replace(temporary_path, path)
+
+
+def _re2_escape(text):
+    """Escapes `text` as a literal for RE2 (tensorflow-text's regex engine)."""
+    return "".join(
+        character
+        if character.isalnum() or ord(character) > 127
+        else f"\\x{{{ord(character):x}}}"
+        for character in text
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_gemma")
+class GemmaTokenizer:
+    """Gemma's SentencePiece tokenizer.
+
+    Encodes text with the `sentencepiece` package, so JAX and PyTorch users
+    never need TensorFlow. Given a `tf.Tensor` of strings (inside a `tf.data`
+    pipeline or a `tf.function`) it uses `tensorflow_text` on the same proto,
+    imported only then, and gives the same ids.
+
+    It is a plain serializable object, not a Keras layer: a layer converts its
+    inputs to backend tensors, which JAX and PyTorch cannot hold strings in,
+    while a plain callable takes Python strings and, traced by `tf.data`,
+    `tf.Tensor`s alike.
+
+    The tokenizer adds no start or end token (the preprocessor does). Special
+    token ids are read from the vocabulary. Like Hugging Face transformers'
+    `GemmaTokenizer` (the reference), the literal text of a control piece in
+    the input, such as `"<bos>"`, encodes to that piece's id; user-defined
+    pieces such as `"<start_of_turn>"` encode to their id with every Gemma
+    tokenizer, SentencePiece itself included. (keras-hub's tokenizer differs
+    on control pieces: it spells `"<bos>"` out.)
+
+    Args:
+        proto: str, path-like or bytes. The path of a SentencePiece `.model`
+            file, or its serialized bytes.
+
+    Call arguments:
+        inputs: a string, a list or 1-D NumPy array of strings, or a string
+            `tf.Tensor` of rank 0 or 1.
+
+    Returns:
+        For a string, a list of int ids; for a batch, a list of such lists
+        (ragged, no padding). For a `tf.Tensor`, an int32 `tf.Tensor`
+        (rank 0 input) or `tf.RaggedTensor` `[batch, (tokens)]`.
+
+    Example:
+
+    ```python
+    tokenizer = GemmaTokenizer(proto="tokenizer.model")
+    ids = tokenizer("The quick brown fox")
+    tokenizer.detokenize(ids)  # "The quick brown fox"
+    dataset = tf.data.Dataset.from_tensor_slices(["a", "b"]).map(tokenizer)
+    ```
+    """
+
+    def __init__(self, proto):
+        if isinstance(proto, (bytes, bytearray)):
+            proto = bytes(proto)
+        elif isinstance(proto, (str, os.PathLike)):
+            with open(proto, "rb") as file:
+                proto = file.read()
+        else:
+            raise ValueError(
+                "`proto` must be the path of a SentencePiece model file or "
+                f"its bytes. Received: proto={proto!r} of type "
+                f"{type(proto).__name__}"
+            )
+        self.proto = proto
+        self._sentencepiece = sentencepiece.SentencePieceProcessor(
+            model_proto=proto
+        )
+        self._tensorflow_sentencepiece = None
+        # Control and unknown pieces, longest first: matched in raw text.
+        self._special_pieces = sorted(
+            (
+                self.id_to_token(index)
+                for index in range(self.vocabulary_size)
+                if any(
+                    getattr(self._sentencepiece, check)(index)
+                    for check in _CONTROL_PIECE_TYPES
+                )
+            ),
+            key=len,
+            reverse=True,
+        )
+        self._special_piece_ids = [
+            self._sentencepiece.piece_to_id(piece)
+            for piece in self._special_pieces
+        ]
+        self._special_pattern = None
+        if self._special_pieces:
+            self._special_pattern = re.compile(
+                "(" + "|".join(map(re.escape, self._special_pieces)) + ")"
+            )
+
+    # === Vocabulary ===
+
+    @property
+    def vocabulary_size(self):
+        """The number of pieces in the vocabulary."""
+        return self._sentencepiece.get_piece_size()
+
+    def get_vocabulary(self):
+        """Returns the list of pieces, indexed by id."""
+        return [self.id_to_token(i) for i in range(self.vocabulary_size)]
+
+    def id_to_token(self, id):
+        """Returns the piece (str) of token id `id`."""
+        if not 0 <= int(id) < self.vocabulary_size:
+            raise ValueError(
+                f"`id` must be in [0, {self.vocabulary_size - 1}]. "
+                f"Received: id={id}"
+            )
+        return self._sentencepiece.id_to_piece(int(id))
+
+    def token_to_id(self, token):
+        """Returns the id of piece `token`; ValueError if not a piece."""
+        index = self._sentencepiece.piece_to_id(token)
+        if index == self._sentencepiece.unk_id() and token != self.id_to_token(
+            index
+        ):
+            raise ValueError(
+                f"{token!r} is not a piece of this vocabulary. To encode "
+                "text, call the tokenizer instead."
+            )
+        return index
+
+    def _optional_id(self, index):
+        return None if index < 0 else index
+
+    @property
+    def pad_token_id(self):
+        return self._optional_id(self._sentencepiece.pad_id())
+
+    @property
+    def bos_token_id(self):
+        return self._optional_id(self._sentencepiece.bos_id())
+
+    @property
+    def eos_token_id(self):
+        return self._optional_id(self._sentencepiece.eos_id())
+
+    @property
+    def unk_token_id(self):
+        return self._optional_id(self._sentencepiece.unk_id())
+
+    @property
+    def start_of_turn_token_id(self):
+        """Id of `<start_of_turn>`, or None if the vocabulary lacks it."""
+        return self._piece_id_or_none(START_OF_TURN_TOKEN)
+
+    @property
+    def end_of_turn_token_id(self):
+        """Id of `<end_of_turn>`, or None if the vocabulary lacks it."""
+        return self._piece_id_or_none(END_OF_TURN_TOKEN)
+
+    def _piece_id_or_none(self, piece):
+        try:
+            return self.token_to_id(piece)
+        except ValueError:
+            return None
+
+    # === Tokenize ===
+
+    def __call__(self, inputs):
+        return self.tokenize(inputs)
+
+    def tokenize(self, inputs):
+        """Encodes text into token ids. See the class docstring."""
+        if is_tensorflow_tensor(inputs):
+            return self._tensorflow_tokenize(inputs)
+        texts, is_batch = _as_text_list(inputs)
+        ids = [self._encode_text(text) for text in texts]
+        return ids if is_batch else ids[0]
+
+    def _encode_text(self, text):
+        if self._special_pattern is None or not self._special_pattern.search(
+            text
+        ):
+            return self._sentencepiece.encode(text)
+        special_ids = dict(zip(self._special_pieces, self._special_piece_ids))
+        ids = []
+        # Odd parts are the special pieces themselves (capturing split).
+        for index, part in enumerate(self._special_pattern.split(text)):
+            if index % 2:
+                ids.append(special_ids[part])
+            elif part:
+                ids.extend(self._sentencepiece.encode(part))
+        return ids
+
+    # === Detokenize ===
+
+    def detokenize(self, ids):
+        """Decodes token ids into text, skipping padding.
+
+        Control pieces (`<bos>`, `<eos>`, `<pad>`) decode to nothing;
+        user-defined ones such as `<end_of_turn>` decode to their text.
+
+        Args:
+            ids: a sequence of ids (list, NumPy array or backend tensor of rank
+                1) or a batch of them (rank 2, or a list of lists). A
+                `tf.Tensor` or `tf.RaggedTensor` is decoded with
+                tensorflow-text.
+
+        Returns:
+            A string for one sequence, a list of strings for a batch; a string
+            `tf.Tensor` for TensorFlow input.
+        """
+        if is_tensorflow_tensor(ids):
+            return self._tensorflow_detokenize(ids)
+        if not isinstance(ids, (list, tuple)):
+            ids = keras.ops.convert_to_numpy(ids).tolist()
+        if isinstance(ids, int):
+            ids = [ids]
+        is_batch = len(ids) > 0 and isinstance(ids[0], (list, tuple))
+        batch = ids if is_batch else [ids]
+        texts = [
+            self._sentencepiece.decode(
+                [int(i) for i in sequence if int(i) != self.pad_token_id]
+            )
+            for sequence in batch
+        ]
+        return texts if is_batch else texts[0]
+
+    # === Chat ===
+
+    def apply_chat_template(
+        self, messages, add_generation_prompt=True, tokenize=True
+    ):
+        """Renders a conversation in Gemma's turn format.
+
+        `<bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model
+        \\n{text}<end_of_turn>\\n...`, as Hugging Face's Gemma 3 chat template
+        renders it: roles "user" and "assistant" (or "model") alternate,
+        starting with "user"; message text is stripped of surrounding
+        whitespace; a first "system" message is prepended, followed by a blank
+        line, to the first user turn.
+
+        Args:
+            messages: list of dicts with "role" and "content" keys. Content is
+                a string or a list of `{"type": "text", "text": ...}` parts.
+            add_generation_prompt: bool. Whether to end with an open
+                `<start_of_turn>model\\n` turn for the model to continue.
+            tokenize: bool. If True, return token ids (the turn markers as
+                their single ids); if False, return the rendered text.
+
+        Returns:
+            A list of int token ids, or a string if `tokenize=False`.
+        """
+        first_user_prefix = ""
+        if messages and messages[0].get("role") == "system":
+            first_user_prefix = _message_text(messages[0], strip=False) + "\n\n"
+            messages = messages[1:]
+        text = self.id_to_token(self.bos_token_id)
+        for index, message in enumerate(messages):
+            role = message.get("role")
+            if role not in CHAT_ROLES:
+                raise ValueError(
+                    f"Unknown chat role {role!r} in message {index}. "
+                    f"Allowed roles: {CHAT_ROLES}."
+                )
+            if (role == "user") != (index % 2 == 0) or role == "system":
+                raise ValueError(
+                    "Conversation roles must alternate user/assistant/user/"
+                    "assistant/..., with at most one leading 'system' message. "
+                    f"Received role {role!r} at position {index}."
+                )
+            role = "model" if role == "assistant" else role
+            prefix = first_user_prefix if index == 0 else ""
+            text += (
+                f"{START_OF_TURN_TOKEN}{role}\n{prefix}"
+                f"{_message_text(message, strip=True)}{END_OF_TURN_TOKEN}\n"
+            )
+        if add_generation_prompt:
+            text += f"{START_OF_TURN_TOKEN}model\n"
+        return self.tokenize(text) if tokenize else text
+
+    # === TensorFlow path ===
+
+    def _tensorflow_tokenizer(self):
+        if self._tensorflow_sentencepiece is None:
+            import tensorflow
+            import tensorflow_text
+
+            self._tensorflow_sentencepiece = (
+                tensorflow_text.SentencepieceTokenizer(
+                    model=self.proto, out_type=tensorflow.int32
+                )
+            )
+        return self._tensorflow_sentencepiece
+
+    def _tensorflow_tokenize(self, inputs):
+        import tensorflow
+        import tensorflow_text
+
+        sentencepiece_tokenizer = self._tensorflow_tokenizer()
+        if inputs.dtype != tensorflow.string or inputs.shape.rank not in (
+            0,
+            1,
+        ):
+            raise ValueError(
+                "A tensor input must be a string tensor of rank 0 or 1. "
+                f"Received: dtype={inputs.dtype}, shape={inputs.shape}"
+            )
+        is_batch = inputs.shape.rank == 1
+        texts = inputs if is_batch else inputs[tensorflow.newaxis]
+        if not self._special_pieces:
+            ids = sentencepiece_tokenizer.tokenize(texts)
+        else:
+            # Same as `_encode_text`: special pieces split the text and are
+            # mapped to their id; the parts between are SentencePiece-encoded.
+            pattern = "|".join(map(_re2_escape, self._special_pieces))
+            segments = tensorflow_text.regex_split(
+                texts, pattern, keep_delim_regex_pattern=pattern
+            )  # (b, (s))
+            flat_segments = segments.flat_values  # (n,)
+            matches = tensorflow.equal(
+                flat_segments[:, tensorflow.newaxis],
+                tensorflow.constant(self._special_pieces)[tensorflow.newaxis],
+            )  # (n, k)
+            is_special = tensorflow.reduce_any(matches, axis=1)  # (n,)
+            special_ids = tensorflow.gather(
+                tensorflow.constant(self._special_piece_ids, "int32"),
+                tensorflow.argmax(tensorflow.cast(matches, "int32"), axis=1),
+            )  # (n,)
+            text_ids = sentencepiece_tokenizer.tokenize(
+                tensorflow.where(is_special, "", flat_segments)
+            )  # (n, (t))
+            special_rows = tensorflow.RaggedTensor.from_row_lengths(
+                tensorflow.boolean_mask(special_ids, is_special),
+                tensorflow.cast(is_special, text_ids.row_splits.dtype),
+            )  # (n, (0 or 1))
+            segment_ids = tensorflow.concat([text_ids, special_rows], axis=1)
+            ids = segments.with_flat_values(segment_ids).merge_dims(1, 2)
+        return ids if is_batch else ids[0]
+
+    def _tensorflow_detokenize(self, ids):
+        import tensorflow
+
+        if isinstance(ids, tensorflow.Tensor):
+            if ids.shape.rank == 1:
+                return self._tensorflow_detokenize(ids[tensorflow.newaxis])[0]
+            ids = tensorflow.RaggedTensor.from_tensor(ids)
+        ids = tensorflow.cast(ids, "int32")
+        if self.pad_token_id is not None:
+            ids = tensorflow.ragged.boolean_mask(
+                ids, tensorflow.not_equal(ids, self.pad_token_id)
+            )
+        return self._tensorflow_tokenizer().detokenize(ids)
+
+    # === Serialization ===
+
+    def get_config(self):
+        """Returns the constructor arguments, the proto as base64 text.
+
+        The config is self-contained (for `keras.saving.serialize_keras_object`
+        and model configs); `save_to_preset` instead stores the proto as the
+        asset file `assets/tokenizer/vocabulary.spm` and leaves it out of
+        `tokenizer.json`.
+        """
+        return {"proto": base64.b64encode(self.proto).decode("ascii")}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("proto"), str):
+            config["proto"] = base64.b64decode(config["proto"])
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, handle):
+        """Loads the tokenizer of a preset.
+
+        Args:
+            handle: a Keras preset directory, a transformers checkpoint
+                directory, or a SentencePiece `.model`/`.spm` file.
+        """
+        return cls(proto=preset_lib.load_tokenizer_proto(handle))
+
+    def save_to_preset(self, directory):
+        """Writes `tokenizer.json` and `assets/tokenizer/vocabulary.spm`."""
+        config = self.get_config()
+        del config["proto"]
+        write_file_atomically(
+            os.path.join(directory, TOKENIZER_CONFIG_FILE),
+            json.dumps(
+                {"class_name": type(self).__name__, "config": config}, indent=2
+            ),
+        )
+        write_file_atomically(
+            os.path.join(directory, preset_lib.KERAS_TOKENIZER_ASSET),
+            self.proto,
+        )
+
+
+def _as_text_list(inputs):
+    """Returns `(list of str, is_batch)` for a string or a batch of them."""
+    if isinstance(inputs, np.ndarray):
+        if inputs.ndim > 1:
+            raise ValueError(
+                "Expected a string or a 1-D batch of strings. Received an "
+                f"array of shape {inputs.shape}"
+            )
+        is_batch = inputs.ndim == 1
+        inputs = inputs.tolist() if is_batch else inputs.item()
+    else:
+        is_batch = isinstance(inputs, (list, tuple))
+    texts = list(inputs) if is_batch else [inputs]
+    for index, text in enumerate(texts):
+        if isinstance(text, bytes):
+            texts[index] = text.decode("utf-8")
+        elif not isinstance(text, str):
+            raise ValueError(
+                "Expected a string or a batch of strings (list, NumPy array or "
+                f"tf.Tensor). Received {type(text).__name__}: {text!r}"
+            )
+    return texts, is_batch
+
+
+def _message_text(message, strip):
+    content = message.get("content")
+    if isinstance(content, str):
+        parts = [content]
+    else:
+        parts = []
+        for part in content or ():
+            if part.get("type") != "text":
+                raise ValueError(
+                    "Only text message parts are supported. Received a part "
+                    f"of type {part.get('type')!r}."
+                )
+            parts.append(part["text"])
+    return "".join(part.strip() if strip else part for part in parts)

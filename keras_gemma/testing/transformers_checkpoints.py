@@ -1,0 +1,74 @@
+"""Tiny random transformers checkpoints for tests (needs torch + transformers)."""
+
+import json
+import os
+
+import numpy as np
+
+from keras_gemma.formats.transformers import transformers_config_from_backbone
+
+
+def make_transformers_model(config, seed=0, scale=1.0):
+    """A transformers Gemma causal LM for our `config`, weights re-drawn.
+
+    Every weight is re-drawn so each term matters: norm weights around 0 with
+    spread 0.5 (so `1 + w` is far from 1), projections with variance `1/fan_in`
+    times `scale`, embeddings N(0, 1).
+    """
+    import torch
+    import transformers
+
+    hf_config = transformers_config_from_backbone(config)
+    model_type = hf_config.pop("model_type")
+    hf_config.pop("architectures")
+    hf_config.pop("torch_dtype")
+    config_class = {
+        "gemma": transformers.GemmaConfig,
+        "gemma2": transformers.Gemma2Config,
+        "gemma3_text": transformers.Gemma3TextConfig,
+    }[model_type]
+    model_class = {
+        "gemma": transformers.GemmaForCausalLM,
+        "gemma2": transformers.Gemma2ForCausalLM,
+        "gemma3_text": transformers.Gemma3ForCausalLM,
+    }[model_type]
+    hf = config_class(**hf_config)
+    hf._attn_implementation = "eager"
+    model = model_class(hf).eval()
+    generator = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            shape = tuple(parameter.shape)
+            if name.endswith("norm.weight"):
+                values = generator.normal(0.0, 0.5, shape)
+            elif "embed_tokens" in name:
+                values = generator.normal(0.0, 1.0, shape)
+            else:
+                values = generator.normal(0.0, scale / np.sqrt(shape[-1]), shape)
+            parameter.copy_(torch.tensor(values, dtype=parameter.dtype))
+    return model
+
+
+def save_transformers_checkpoint(model, directory, max_shard_size=None, tokenizer_proto=None):
+    """`save_pretrained` to `directory` (sharded when `max_shard_size` is given)."""
+    kwargs = {"safe_serialization": True}
+    if max_shard_size is not None:
+        kwargs["max_shard_size"] = max_shard_size
+    model.save_pretrained(directory, **kwargs)
+    if tokenizer_proto is not None:
+        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
+            f.write(tokenizer_proto)
+    with open(os.path.join(directory, "config.json")) as f:
+        return json.load(f)
+
+
+def transformers_logits(model, token_ids, padding_mask):
+    """Float32 NumPy logits of a transformers model."""
+    import torch
+
+    with torch.no_grad():
+        output = model(
+            input_ids=torch.tensor(np.asarray(token_ids), dtype=torch.long),
+            attention_mask=torch.tensor(np.asarray(padding_mask), dtype=torch.long),
+        )
+    return output.logits.float().numpy()
