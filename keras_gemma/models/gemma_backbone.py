@@ -267,6 +267,18 @@ class GemmaBackbone(keras.Model):
         """Scaled token embeddings `[b, t, hidden_dim]` (used by generation)."""
         return _scale_embeddings(self.token_embedding(token_ids), self.hidden_dim)
 
+    @classmethod
+    def from_preset(cls, handle, dtype=None):
+        """Loads a backbone from a preset name, directory, `.gguf` file or hub handle.
+
+        Args:
+            handle: see `keras_gemma.GemmaCausalLM.from_preset`.
+            dtype: dtype or policy for the weights ("float32", "bfloat16", ...).
+        """
+        from keras_gemma.formats import loader
+
+        return loader.load_backbone(handle, dtype=dtype)
+
     def get_config(self):
         return {
             "vocabulary_size": self.vocabulary_size,

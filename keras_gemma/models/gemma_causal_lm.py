@@ -49,6 +49,21 @@ class GemmaCausalLM(keras.Model):
         self.backbone = backbone
         self.preprocessor = preprocessor
 
+    @classmethod
+    def from_preset(cls, handle, dtype=None):
+        """Loads a causal LM (with its preprocessor when a vocabulary is found).
+
+        Args:
+            handle: a registered preset name (`keras_gemma.list_presets()`), a
+                local Keras preset directory, a local transformers checkpoint
+                directory, a `.gguf` file, or a `kaggle://` / `hf://` handle.
+            dtype: dtype or policy for the weights ("float32", "bfloat16", ...).
+        """
+        from keras_gemma.formats import loader
+
+        backbone = loader.load_backbone(handle, dtype=dtype)
+        return cls(backbone=backbone)
+
     def get_config(self):
         return {
             "backbone": keras.saving.serialize_keras_object(self.backbone),
