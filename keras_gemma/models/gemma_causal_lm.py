@@ -3,19 +3,7 @@
 import keras
 from keras import ops
 
-from keras_gemma.layers.attention import soft_cap
-from keras_gemma.models.gemma_backbone import GemmaBackbone
-
-
-def logits_from_hidden_states(backbone, hidden_states):
-    """Tied-embedding projection then the final soft-cap, in float32.
-
-    The soft-cap applies in training as well as inference (HF and DeepMind's
-    Gemma 2 do this; keras-hub once skipped it in training).
-    """
-    logits = backbone.token_embedding(hidden_states, reverse=True)
-    logits = ops.cast(logits, "float32")
-    return soft_cap(logits, backbone.final_logit_soft_cap)
+from keras_gemma.models.gemma_causal_lm_head import logits_from_hidden_states
 
 
 @keras.saving.register_keras_serializable(package="keras_gemma")

@@ -1,0 +1,240 @@
+"""Samplers: pick the next token from logits, inside compiled decoding loops."""
+
+import keras
+from keras import ops
+
+# Logit given to tokens a sampler rules out.
+EXCLUDED_LOGIT = -1e9
+
+
+class Sampler:
+    """Base class: `sampler(logits, seed) -> next token ids`.
+
+    Subclasses implement `filter_logits` (temperature, top-k, ...); sampling
+    is then categorical over the filtered logits. The repetition penalty
+    (CTRL paper, as HF applies it) divides positive logits and multiplies
+    negative logits of every token already in the sequence.
+
+    Args:
+        temperature: float > 0. Logits are divided by it.
+        repetition_penalty: float > 0. 1.0 disables it.
+
+    Call arguments:
+        logits: float32 `[batch, vocabulary]`.
+        seed: a seed for `keras.random` (backend key, int or SeedGenerator).
+        seen: optional bool `[batch, vocabulary]`, tokens already in the sequence.
+
+    Returns:
+        int32 `[batch]`.
+    """
+
+    is_greedy = False
+
+    def __init__(self, temperature=1.0, repetition_penalty=1.0):
+        _check_positive("temperature", temperature)
+        _check_positive("repetition_penalty", repetition_penalty)
+        self.temperature = float(temperature)
+        self.repetition_penalty = float(repetition_penalty)
+
+    @property
+    def uses_seen_tokens(self):
+        return self.repetition_penalty != 1.0
+
+    def apply_repetition_penalty(self, logits, seen):
+        if not self.uses_seen_tokens or seen is None:
+            return logits
+        penalized = ops.where(
+            logits > 0,
+            logits / self.repetition_penalty,
+            logits * self.repetition_penalty,
+        )
+        return ops.where(seen, penalized, logits)
+
+    def filter_logits(self, logits):
+        return logits / self.temperature
+
+    def __call__(self, logits, seed=None, seen=None):
+        logits = self.apply_repetition_penalty(ops.cast(logits, "float32"), seen)
+        if self.is_greedy:
+            return ops.cast(ops.argmax(logits, axis=-1), "int32")
+        logits = self.filter_logits(logits)
+        samples = keras.random.categorical(logits, 1, seed=seed, dtype="int32")
+        return samples[:, 0]
+
+    def get_config(self):
+        return {
+            "temperature": self.temperature,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+    def cache_key(self):
+        """Hashable identity of the sampler's behaviour (compiled-function cache)."""
+        return (type(self).__name__,) + tuple(sorted(self.get_config().items()))
+
+    def __repr__(self):
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({arguments})"
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
+
+
+class GreedySampler(Sampler):
+    """Always the most likely token (temperature does not matter)."""
+
+    is_greedy = True
+
+    def __init__(self, repetition_penalty=1.0):
+        super().__init__(temperature=1.0, repetition_penalty=repetition_penalty)
+
+    def get_config(self):
+        return {"repetition_penalty": self.repetition_penalty}
+
+
+class RandomSampler(Sampler):
+    """Samples from the whole distribution, sharpened or flattened by temperature."""
+
+
+class TopKSampler(Sampler):
+    """Samples among the `k` most likely tokens.
+
+    Args:
+        k: int >= 1.
+        temperature: float > 0.
+        repetition_penalty: float > 0.
+    """
+
+    def __init__(self, k=5, temperature=1.0, repetition_penalty=1.0):
+        super().__init__(temperature, repetition_penalty)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"`k` must be an integer >= 1. Received: k={k!r}")
+        self.k = k
+
+    def filter_logits(self, logits):
+        logits = logits / self.temperature
+        k = min(self.k, logits.shape[-1])
+        kth_largest = ops.top_k(logits, k)[0][:, -1:]  # (b, 1)
+        return ops.where(logits >= kth_largest, logits, EXCLUDED_LOGIT)
+
+    def get_config(self):
+        return dict(super().get_config(), k=self.k)
+
+
+class TopPSampler(Sampler):
+    """Nucleus sampling: the smallest set of tokens whose probability reaches `p`.
+
+    Args:
+        p: float in (0, 1].
+        k: optional int. Only the `k` most likely tokens are considered first,
+            which makes the sort cheap for large vocabularies.
+        temperature: float > 0.
+        repetition_penalty: float > 0.
+    """
+
+    def __init__(self, p=0.9, k=None, temperature=1.0, repetition_penalty=1.0):
+        super().__init__(temperature, repetition_penalty)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise ValueError(f"`p` must be in (0, 1]. Received: p={p!r}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"`k` must be None or an integer >= 1. Received: k={k!r}")
+        self.p = float(p)
+        self.k = k
+
+    def filter_logits(self, logits):
+        logits = logits / self.temperature
+        k = logits.shape[-1] if self.k is None else min(self.k, logits.shape[-1])
+        sorted_logits, _ = ops.top_k(logits, k)  # (b, k), descending
+        probabilities = ops.softmax(sorted_logits, axis=-1)
+        # Probability mass strictly before each candidate; keep while < p.
+        mass_before = ops.cumsum(probabilities, axis=-1) - probabilities
+        keep = mass_before < self.p
+        threshold = ops.min(ops.where(keep, sorted_logits, 1e9), axis=-1, keepdims=True)
+        return ops.where(logits >= threshold, logits, EXCLUDED_LOGIT)
+
+    def get_config(self):
+        return dict(super().get_config(), p=self.p, k=self.k)
+
+
+class MinPSampler(Sampler):
+    """Keeps tokens whose probability is at least `p` times the top token's.
+
+    Args:
+        p: float in (0, 1].
+        temperature: float > 0.
+        repetition_penalty: float > 0.
+    """
+
+    def __init__(self, p=0.05, temperature=1.0, repetition_penalty=1.0):
+        super().__init__(temperature, repetition_penalty)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise ValueError(f"`p` must be in (0, 1]. Received: p={p!r}")
+        self.p = float(p)
+
+    def filter_logits(self, logits):
+        logits = logits / self.temperature
+        # p_i >= p * p_max  <=>  logit_i >= logit_max + log(p)
+        threshold = ops.max(logits, axis=-1, keepdims=True) + ops.log(self.p)
+        return ops.where(logits >= threshold, logits, EXCLUDED_LOGIT)
+
+    def get_config(self):
+        return dict(super().get_config(), p=self.p)
+
+
+class BeamSampler:
+    """Beam search: keeps the `num_beams` most likely sequences.
+
+    Deterministic. `generate` returns the best beam of each prompt.
+
+    Args:
+        num_beams: int >= 1.
+        length_penalty: float. Scores are `log_prob / length ** length_penalty`
+            when finished sequences are compared (HF's convention).
+    """
+
+    is_greedy = False
+    uses_seen_tokens = False
+
+    def __init__(self, num_beams=4, length_penalty=1.0):
+        if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+            raise ValueError(f"`num_beams` must be an integer >= 1. Received: num_beams={num_beams!r}")
+        self.num_beams = num_beams
+        self.length_penalty = float(length_penalty)
+
+    def get_config(self):
+        return {"num_beams": self.num_beams, "length_penalty": self.length_penalty}
+
+    def cache_key(self):
+        return ("BeamSampler", self.num_beams, self.length_penalty)
+
+    def __repr__(self):
+        return f"BeamSampler(num_beams={self.num_beams}, length_penalty={self.length_penalty})"
+
+
+SAMPLERS = {
+    "greedy": GreedySampler,
+    "random": RandomSampler,
+    "top_k": TopKSampler,
+    "top_p": TopPSampler,
+    "min_p": MinPSampler,
+    "beam": BeamSampler,
+}
+
+
+def get(identifier):
+    """A sampler from an instance, a name ("greedy", "top_k", ...) or a config dict."""
+    if isinstance(identifier, (Sampler, BeamSampler)):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier not in SAMPLERS:
+            raise ValueError(
+                f"Unknown sampler {identifier!r}. Valid names: {sorted(SAMPLERS)}, or pass a "
+                "sampler instance such as `keras_gemma.samplers.TopKSampler(k=40)`."
+            )
+        return SAMPLERS[identifier]()
+    if isinstance(identifier, dict) and identifier.get("class_name") in SAMPLERS:
+        return SAMPLERS[identifier["class_name"]](**identifier.get("config", {}))
+    raise ValueError(
+        f"`sampler` must be a sampler instance or one of {sorted(SAMPLERS)}. Received: {identifier!r}"
+    )
