@@ -17,7 +17,7 @@ START_OF_TURN_TOKEN = "<start_of_turn>"
 END_OF_TURN_TOKEN = "<end_of_turn>"
 CHAT_ROLES = ("system", "user", "assistant", "model")
 
-# `sentencepiece_model.proto` piece types.
+# Pieces whose literal text maps to their id, as in HF transformers.
 _CONTROL_PIECE_TYPES = ("is_control", "is_unknown")
 
 
@@ -132,6 +132,9 @@ class GemmaTokenizer:
             self._sentencepiece.piece_to_id(piece)
             for piece in self._special_pieces
         ]
+        self._special_piece_to_id = dict(
+            zip(self._special_pieces, self._special_piece_ids)
+        )
         self._special_pattern = None
         if self._special_pieces:
             self._special_pattern = re.compile(
@@ -223,12 +226,11 @@ class GemmaTokenizer:
             text
         ):
             return self._sentencepiece.encode(text)
-        special_ids = dict(zip(self._special_pieces, self._special_piece_ids))
         ids = []
         # Odd parts are the special pieces themselves (capturing split).
         for index, part in enumerate(self._special_pattern.split(text)):
             if index % 2:
-                ids.append(special_ids[part])
+                ids.append(self._special_piece_to_id[part])
             elif part:
                 ids.extend(self._sentencepiece.encode(part))
         return ids
@@ -327,11 +329,14 @@ class GemmaTokenizer:
             import tensorflow
             import tensorflow_text
 
-            self._tensorflow_sentencepiece = (
-                tensorflow_text.SentencepieceTokenizer(
-                    model=self.proto, out_type=tensorflow.int32
+            # Created eagerly even when first called while tracing a graph
+            # (`tf.data` map, `tf.function`), so that every trace shares it.
+            with tensorflow.init_scope():
+                self._tensorflow_sentencepiece = (
+                    tensorflow_text.SentencepieceTokenizer(
+                        model=self.proto, out_type=tensorflow.int32
+                    )
                 )
-            )
         return self._tensorflow_sentencepiece
 
     def _tensorflow_tokenize(self, inputs):

@@ -12,6 +12,7 @@ the same special ids, piece types and normalization as the real one:
   one by one and byte fallback, so any Unicode text is encodable.
 """
 
+import io
 import os
 
 DEFAULT_VOCABULARY_SIZE = 400
@@ -21,7 +22,7 @@ START_OF_TURN_TOKEN = "<start_of_turn>"
 END_OF_TURN_TOKEN = "<end_of_turn>"
 
 _CORPUS_FILENAME = "tiny_gemma_corpus.txt"
-_MODEL_PREFIX = "tiny_gemma_vocabulary"
+_MODEL_FILENAME = "tiny_gemma_vocabulary.model"
 
 _CORPUS_LINES = (
     "The quick brown fox jumps over the lazy dog.",
@@ -45,16 +46,16 @@ _CORPUS_LINES = (
 def build_tiny_vocabulary(directory, vocabulary_size=DEFAULT_VOCABULARY_SIZE):
     """Trains a tiny Gemma-like SentencePiece model and returns its path.
 
-    Writes a small fixed corpus and the trained `.model` (and `.vocab`) file
-    into `directory` and nothing anywhere else. Training is single-threaded
+    Writes a small fixed corpus and the trained `.model` file into
+    `directory` and nothing anywhere else. Training is single-threaded
     on a fixed corpus with fixed options, so the same call gives the same
     file.
 
     Args:
         directory: str or path-like. An existing directory to write into.
-        vocabulary_size: int. Number of pieces. It must leave room for the
-            262 fixed pieces (6 special pieces and 256 byte-fallback pieces);
-            300 to 1000 is a good range for tests.
+        vocabulary_size: int. Number of pieces, at least 334: 262 fixed
+            pieces (6 special, 256 byte-fallback) plus one per distinct
+            character of the corpus. 350 to 1000 is a good range for tests.
 
     Returns:
         The path (str) of the trained `.model` file.
@@ -75,16 +76,21 @@ def build_tiny_vocabulary(directory, vocabulary_size=DEFAULT_VOCABULARY_SIZE):
             f"`directory` must be an existing directory. Received: "
             f"directory={directory!r}"
         )
+    # Lines are written with "\n" escaped: the trainer reads one line per
+    # sentence.
+    lines = [line.replace("\n", "\\n") for line in _CORPUS_LINES]
     corpus_path = os.path.join(directory, _CORPUS_FILENAME)
     with open(corpus_path, "w", encoding="utf-8") as corpus_file:
-        # Repeated so that BPE merges have counts to work with.
-        for _ in range(20):
-            for line in _CORPUS_LINES:
-                corpus_file.write(line.replace("\n", "\\n") + "\n")
-    model_prefix = os.path.join(directory, _MODEL_PREFIX)
+        corpus_file.write("\n".join(lines) + "\n")
+    with open(corpus_path, encoding="utf-8") as corpus_file:
+        sentences = corpus_file.read().splitlines()
+    model = io.BytesIO()
+    # Trained from an iterator into memory, so that no path (which differs
+    # between directories) ends up in the model's trainer spec. Repeated so
+    # that BPE merges have counts to work with.
     sentencepiece.SentencePieceTrainer.train(
-        input=corpus_path,
-        model_prefix=model_prefix,
+        sentence_iterator=iter(sentences * 20),
+        model_writer=model,
         model_type="bpe",
         vocab_size=vocabulary_size,
         character_coverage=1.0,
@@ -108,4 +114,7 @@ def build_tiny_vocabulary(directory, vocabulary_size=DEFAULT_VOCABULARY_SIZE):
         num_threads=1,
         minloglevel=2,
     )
-    return model_prefix + ".model"
+    model_path = os.path.join(directory, _MODEL_FILENAME)
+    with open(model_path, "wb") as model_file:
+        model_file.write(model.getvalue())
+    return model_path
