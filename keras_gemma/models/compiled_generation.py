@@ -1,17 +1,19 @@
-"""Compiled generation loops: the one module that branches on the Keras backend.
+"""Compiled generation: the one module that branches on the Keras backend.
 
-The loop itself is backend-neutral (`keras.ops.while_loop` over
-`decoding.extend`); what differs is how it is compiled and how a cache slot is
+The decoding math is backend-neutral (`decoding.prefill` / `decoding.extend`
+and the loop below, written with `keras.ops`, `ops.while_loop` included).
+What differs per backend is how it is compiled and how a cache slot is
 written:
 
-- JAX: the whole prefill + decode loop is one `jax.jit` function with the
-  model's variables as arguments (`keras.StatelessScope`), so repeated calls
-  with shapes in the same bucket reuse the executable; cache writes are
-  `dynamic_update_slice`, done in place by XLA inside the loop.
-- TensorFlow: the same function under `tf.function(jit_compile=True)`.
-- PyTorch: eager, under `torch.inference_mode()`, with caches preallocated and
-  written in place (`cache[:, i] = kv`); no per-token copy or allocation of
-  the caches. The decode step's per-token Python overhead is what remains.
+- JAX: prefill, the decode loop, one decode step (streaming) and a chat-turn
+  extension are each one `jax.jit` function taking the model's variables as
+  arguments (`keras.StatelessScope`); calls whose shapes fall in the same
+  bucket reuse the executable. Cache writes are `dynamic_update_slice`, done
+  in place by XLA inside the loop.
+- TensorFlow: the same functions under `tf.function(jit_compile=True)`.
+- PyTorch: eager under `torch.inference_mode()`, with caches preallocated once
+  and written in place (`cache[:, i] = kv`): no per-token copy or allocation
+  of the caches.
 """
 
 import keras
@@ -22,6 +24,9 @@ from keras_gemma.models import decoding
 from keras_gemma.models.gemma_causal_lm_head import logits_from_hidden_states
 
 BACKEND = keras.config.backend()
+
+# Loop state, a tuple (works with every backend's while loop):
+STEP, SLOT, TOKEN, CACHES, OUTPUT, DONE, SEEN, PADDING_COUNTS = range(8)
 
 
 def _functional_write(cache, index, update):
@@ -38,25 +43,23 @@ WRITE = _torch_write if BACKEND == "torch" else _functional_write
 
 
 class DecodeLoop:
-    """The backend-neutral generation loop for one call shape.
+    """Backend-neutral generation for one sampler and stop set.
 
     Args:
         causal_lm: the `GemmaCausalLM`.
         sampler: a `keras_gemma.samplers.Sampler`.
         stop_token_ids: tuple of ints.
-        prompt_length: `P`, the bucketed prompt length.
-        total_length: `T`, cache capacity in slots (>= P + max_new_tokens - 1).
-        pad_token_id: int written after a row has stopped.
+        total_length: cache capacity in slots.
+        capacity: length of the output buffer (max new tokens per call).
+        pad_token_id: written after a row has stopped.
     """
 
-    def __init__(self, causal_lm, sampler, stop_token_ids, prompt_length, total_length, pad_token_id=0):
-        self.causal_lm = causal_lm
+    def __init__(self, causal_lm, sampler, stop_token_ids, total_length, capacity, pad_token_id=0):
         self.backbone = causal_lm.backbone
         self.sampler = sampler
         self.stop_token_ids = tuple(int(i) for i in stop_token_ids)
-        self.prompt_length = prompt_length
         self.total_length = total_length
-        self.capacity = total_length - prompt_length + 1
+        self.capacity = capacity
         self.pad_token_id = pad_token_id
 
     def _is_stop(self, tokens):
@@ -66,79 +69,78 @@ class DecodeLoop:
         return ops.any(ops.equal(tokens[:, None], stops[None, :]), axis=-1)
 
     def _sample(self, hidden_last, seen, seed):
-        logits = logits_from_hidden_states(self.backbone, hidden_last)[:, 0, :]
-        return self.sampler(logits, seed=seed, seen=seen if self.sampler.uses_seen_tokens else None)
+        logits = logits_from_hidden_states(self.backbone, hidden_last)[:, -1, :]
+        seen = seen if self.sampler.uses_seen_tokens else None
+        return ops.cast(self.sampler(logits, seed=seed, seen=seen), "int32")
 
     def _mark_seen(self, seen, tokens):
         if not self.sampler.uses_seen_tokens:
             return seen
-        vocabulary_size = self.backbone.vocabulary_size
-        return ops.logical_or(seen, ops.one_hot(tokens, vocabulary_size) > 0)
+        return ops.logical_or(seen, ops.one_hot(tokens, self.backbone.vocabulary_size) > 0)
 
-    def initial_state(self, token_ids, padding_mask, seed):
-        """Prefill and the first sampled token. Returns the loop state tuple."""
-        batch = token_ids.shape[0]
-        padding_mask = ops.cast(padding_mask, "int32")
-        padding_counts = self.prompt_length - ops.sum(padding_mask, axis=1)
-        hidden, caches = decoding.prefill(
-            self.backbone, token_ids, padding_mask, self.total_length
-        )
-        if self.sampler.uses_seen_tokens:
-            vocabulary_size = self.backbone.vocabulary_size
-            rows = ops.repeat(ops.arange(batch, dtype="int32"), self.prompt_length)
-            indices = ops.stack([rows, ops.reshape(ops.cast(token_ids, "int32"), (-1,))], axis=1)
-            counts = ops.scatter(
-                indices, ops.reshape(ops.cast(padding_mask, "float32"), (-1,)), (batch, vocabulary_size)
-            )
-            seen = counts > 0
-        else:
-            seen = ops.zeros((batch, 1), dtype="bool")
-        token = self._sample(hidden[:, -1:, :], seen, seed(0))
+    def seen_from_tokens(self, token_ids, padding_mask):
+        batch, length = token_ids.shape
+        if not self.sampler.uses_seen_tokens:
+            return ops.zeros((batch, 1), dtype="bool")
+        rows = ops.repeat(ops.arange(batch, dtype="int32"), length)
+        indices = ops.stack([rows, ops.reshape(ops.cast(token_ids, "int32"), (-1,))], axis=1)
+        weights = ops.reshape(ops.cast(padding_mask, "float32"), (-1,))
+        counts = ops.scatter(indices, weights, (batch, self.backbone.vocabulary_size))
+        return counts > 0
+
+    def start(self, hidden, caches, slot, seen, padding_counts, seed):
+        """State after the hidden states of the last fed token: samples token 1."""
+        token = self._sample(hidden[:, -1:, :], seen, seed(slot))
         seen = self._mark_seen(seen, token)
-        output = ops.zeros((batch, self.capacity), dtype="int32")
+        output = ops.zeros((token.shape[0], self.capacity), dtype="int32")
         output = ops.slice_update(output, (0, 0), token[:, None])
-        done = self._is_stop(token)
         step = ops.convert_to_tensor(1, dtype="int32")
+        slot = ops.convert_to_tensor(slot, dtype="int32")
         caches = tuple(tuple(pair) for pair in caches)
-        return (step, token, caches, output, done, seen, padding_counts)
+        return (step, slot, token, caches, output, self._is_stop(token), seen, padding_counts)
+
+    def prefill(self, token_ids, padding_mask, seed):
+        """Left-padded prompts `[b, P]` → loop state holding the first new token."""
+        prompt_length = token_ids.shape[1]
+        padding_mask = ops.cast(padding_mask, "int32")
+        padding_counts = prompt_length - ops.sum(padding_mask, axis=1)
+        hidden, caches = decoding.prefill(self.backbone, token_ids, padding_mask, self.total_length)
+        seen = self.seen_from_tokens(token_ids, padding_mask)
+        return self.start(hidden, caches, prompt_length, seen, padding_counts, seed)
 
     def step(self, state, seed):
-        """One decode step: feeds the last token, samples the next."""
-        step, token, caches, output, done, seen, padding_counts = state
-        slot = self.prompt_length + step - 1
+        """Feeds the last sampled token at `slot`, samples the next one."""
+        step, slot, token, caches, output, done, seen, padding_counts = state
         hidden, caches = decoding.extend(
-            self.backbone,
-            caches,
-            ops.cast(token[:, None], "int32"),
-            slot,
-            padding_counts,
-            WRITE,
-            self.total_length,
+            self.backbone, caches, token[:, None], slot, padding_counts, WRITE, self.total_length
         )
-        next_token = self._sample(hidden, seen, seed(step))
+        next_token = self._sample(hidden, seen, seed(slot + 1))
         next_token = ops.where(done, self.pad_token_id, next_token)
         seen = self._mark_seen(seen, next_token)
         output = ops.slice_update(output, (0, step), next_token[:, None])
         done = ops.logical_or(done, self._is_stop(next_token))
         caches = tuple(tuple(pair) for pair in caches)
-        return (step + 1, next_token, caches, output, done, seen, padding_counts)
+        return (step + 1, slot + 1, next_token, caches, output, done, seen, padding_counts)
 
-    def run(self, token_ids, padding_mask, max_new_tokens, seed):
-        state = self.initial_state(token_ids, padding_mask, seed)
+    def loop(self, state, max_new_tokens, seed):
+        """Steps until `max_new_tokens` are out or every row has stopped."""
 
         def cond(*state):
-            step, done = state[0], state[4]
-            return ops.logical_and(step < max_new_tokens, ops.logical_not(ops.all(done)))
+            running = ops.logical_not(ops.all(state[DONE]))
+            return ops.logical_and(state[STEP] < max_new_tokens, running)
 
         def body(*state):
             return self.step(state, seed)
 
-        state = ops.while_loop(cond, body, state)
-        return state[3], state[0]
+        return ops.while_loop(cond, body, state)
 
 
 class CompiledGenerator:
-    """Caches compiled generation functions for one `GemmaCausalLM`."""
+    """Compiles and caches the generation functions of one `GemmaCausalLM`.
+
+    `compile_count` counts compilations (JAX and TensorFlow), so tests can see
+    that repeated calls in the same bucket reuse them.
+    """
 
     def __init__(self, causal_lm):
         self.causal_lm = causal_lm
@@ -146,81 +148,203 @@ class CompiledGenerator:
         self._seed_generator = None
         self.compile_count = 0
 
-    # --- seeds -----------------------------------------------------------
-    def _seed_fn(self, seed):
-        """`step -> seed` for the samplers, in the backend's form."""
+    # === Seeds ===
+
+    def _seed_fn(self, rng):
+        """`slot -> seed` in the form the backend's `keras.random` takes."""
         if BACKEND == "jax":
             import jax
 
-            key = seed  # a jax PRNG key passed as a traced argument
-            return lambda step: jax.random.fold_in(key, step)
+            return lambda slot: jax.random.fold_in(rng, slot)
         generator = self._seed_generator
-        return lambda step: generator
+        return lambda slot: generator
 
-    def _reset_seed(self, seed):
+    def _rng(self, seed):
+        value = np.random.randint(0, 2**31 - 1) if seed is None else int(seed)
+        if BACKEND == "jax":
+            import jax
+
+            return jax.random.PRNGKey(value)
         if self._seed_generator is None:
             self._seed_generator = keras.random.SeedGenerator(0)
-        value = np.random.randint(0, 2**31 - 1) if seed is None else int(seed)
-        self._seed_generator.state.assign(np.array([value, 0], dtype=self._seed_generator.state.dtype))
-        return value
+        state = self._seed_generator.state
+        state.assign(ops.convert_to_tensor(np.array([value, 0]), dtype=state.dtype))
+        return None
 
-    # --- whole-loop generation -------------------------------------------
-    def generate(self, token_ids, padding_mask, max_new_tokens, total_length, sampler, stop_token_ids, seed=None, pad_token_id=0):
-        """Left-padded numpy prompts `[b, P]` → `(generated [b, capacity], steps)`."""
-        prompt_length = token_ids.shape[1]
-        loop = DecodeLoop(self.causal_lm, sampler, stop_token_ids, prompt_length, total_length, pad_token_id)
-        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids, pad_token_id, len(self.causal_lm.variables))
+    # === Compilation ===
+
+    def _compiled(self, name, key, function):
+        """`function(*args, rng)` compiled once per `(name, key)`.
+
+        JAX: `function` runs under a `StatelessScope` with the variables passed
+        as arguments. TensorFlow: `tf.function(jit_compile=True)`. PyTorch: the
+        function itself, under `inference_mode`.
+        """
+        cache_key = (name, key, len(self.causal_lm.variables))
+        if cache_key in self._functions:
+            return self._functions[cache_key]
         if BACKEND == "jax":
-            return self._generate_jax(loop, key, token_ids, padding_mask, max_new_tokens, seed)
-        seed_value = self._reset_seed(seed)
-        del seed_value
-        if BACKEND == "tensorflow":
-            return self._generate_tensorflow(loop, key, token_ids, padding_mask, max_new_tokens)
-        return self._generate_torch(loop, token_ids, padding_mask, max_new_tokens)
+            import jax
 
-    def _generate_jax(self, loop, key, token_ids, padding_mask, max_new_tokens, seed):
-        import jax
+            variables = self.causal_lm.variables
 
-        variables = self.causal_lm.variables
-        if key not in self._functions:
-
-            def function(values, token_ids, padding_mask, max_new_tokens, rng):
+            def stateless(values, *args):
                 with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    seed_fn = self._seed_fn(rng)
-                    return loop.run(token_ids, padding_mask, max_new_tokens, seed_fn)
+                    return function(*args)
 
-            self._functions[key] = jax.jit(function)
+            jitted = jax.jit(stateless)
+
+            def compiled(*args):
+                return jitted([v.value for v in variables], *args)
+
             self.compile_count += 1
-        rng = jax.random.PRNGKey(np.random.randint(0, 2**31 - 1) if seed is None else int(seed))
-        values = [variable.value for variable in variables]
-        output, steps = self._functions[key](
-            values, token_ids, padding_mask, np.int32(max_new_tokens), rng
-        )
-        return np.asarray(output), int(steps)
+        elif BACKEND == "tensorflow":
+            import tensorflow as tf
 
-    def _generate_tensorflow(self, loop, key, token_ids, padding_mask, max_new_tokens):
-        import tensorflow as tf
-
-        if key not in self._functions:
-            seed_fn = self._seed_fn(None)
-
-            @tf.function(jit_compile=True, reduce_retracing=True)
-            def function(token_ids, padding_mask, max_new_tokens):
-                return loop.run(token_ids, padding_mask, max_new_tokens, seed_fn)
-
-            self._functions[key] = function
+            compiled = tf.function(function, jit_compile=True, reduce_retracing=True)
             self.compile_count += 1
-        output, steps = self._functions[key](
-            tf.constant(token_ids), tf.constant(padding_mask), tf.constant(max_new_tokens, tf.int32)
+        else:
+            import torch
+
+            def compiled(*args):
+                with torch.inference_mode():
+                    return function(*args)
+
+        self._functions[cache_key] = compiled
+        return compiled
+
+    def _loop(self, sampler, stop_token_ids, total_length, capacity, pad_token_id):
+        return DecodeLoop(self.causal_lm, sampler, stop_token_ids, total_length, capacity, pad_token_id)
+
+    # === Entry points ===
+
+    def generate(self, token_ids, padding_mask, max_new_tokens, total_length, sampler, stop_token_ids, seed=None, pad_token_id=0):
+        """Left-padded prompts `[b, P]` → `(new tokens [b, capacity], count)`."""
+        capacity = total_length - token_ids.shape[1] + 1
+        loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
+        rng = self._rng(seed)
+        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids, pad_token_id)
+
+        def run(token_ids, padding_mask, max_new_tokens, rng):
+            seed_fn = self._seed_fn(rng)
+            state = loop.prefill(token_ids, padding_mask, seed_fn)
+            state = loop.loop(state, max_new_tokens, seed_fn)
+            return state[OUTPUT], state[STEP]
+
+        function = self._compiled("generate", key, run)
+        output, steps = function(
+            _tensor(token_ids), _tensor(padding_mask), _tensor(np.int32(max_new_tokens)), rng
         )
-        return output.numpy(), int(steps)
+        return ops.convert_to_numpy(output), int(ops.convert_to_numpy(steps))
 
-    def _generate_torch(self, loop, token_ids, padding_mask, max_new_tokens):
-        import torch
+    def stream(self, token_ids, padding_mask, max_new_tokens, total_length, sampler, stop_token_ids, seed=None, pad_token_id=0):
+        """Yields each step's new tokens `[b]` as NumPy, as soon as they exist."""
+        capacity = total_length - token_ids.shape[1] + 1
+        loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
+        rng = self._rng(seed)
+        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids, pad_token_id)
 
-        seed_fn = self._seed_fn(None)
-        with torch.inference_mode():
-            output, steps = loop.run(
-                ops.convert_to_tensor(token_ids), ops.convert_to_tensor(padding_mask), max_new_tokens, seed_fn
+        def prefill(token_ids, padding_mask, rng):
+            return loop.prefill(token_ids, padding_mask, self._seed_fn(rng))
+
+        def step(state, rng):
+            return loop.step(state, self._seed_fn(rng))
+
+        prefill_function = self._compiled("stream_prefill", key, prefill)
+        step_function = self._compiled("stream_step", key, step)
+        state = prefill_function(_tensor(token_ids), _tensor(padding_mask), rng)
+        yield from self._yield_steps(state, step_function, max_new_tokens, rng)
+
+    def _yield_steps(self, state, step_function, max_new_tokens, rng):
+        for _ in range(max_new_tokens):
+            tokens = ops.convert_to_numpy(state[TOKEN])
+            yield tokens
+            done = ops.convert_to_numpy(state[DONE])
+            if done.all() or int(ops.convert_to_numpy(state[STEP])) >= max_new_tokens:
+                return
+            state = step_function(state, rng)
+
+    # === Chat: caches kept across calls ===
+
+    def chat_prefill(self, token_ids, total_length):
+        """Runs a first turn `[1, n]` (no padding); returns `(hidden_last, caches)`."""
+        length = token_ids.shape[1]
+
+        def run(token_ids):
+            mask = ops.ones_like(token_ids)
+            hidden, caches = decoding.prefill(self.causal_lm.backbone, token_ids, mask, total_length)
+            return hidden[:, -1:, :], tuple(tuple(pair) for pair in caches)
+
+        return self._compiled("chat_prefill", (length, total_length), run)(_tensor(token_ids))
+
+    def chat_extend(self, caches, token_ids, slot, total_length):
+        """Feeds `[1, n]` tokens at `slot` on top of `caches`.
+
+        The turn is fed in chunks whose lengths are powers of two, so every
+        turn length reuses at most `log2(n)` compiled shapes.
+        """
+        hidden = None
+        position = 0
+        length = token_ids.shape[1]
+        padding_counts = np.zeros((token_ids.shape[0],), dtype="int32")
+        while position < length:
+            chunk = 1 << ((length - position).bit_length() - 1)
+
+            def run(caches, chunk_ids, slot, padding_counts):
+                hidden, new_caches = decoding.extend(
+                    self.causal_lm.backbone, caches, chunk_ids, slot, padding_counts, WRITE, total_length
+                )
+                return hidden[:, -1:, :], tuple(tuple(pair) for pair in new_caches)
+
+            function = self._compiled("chat_extend", (chunk, total_length), run)
+            chunk_ids = token_ids[:, position : position + chunk]
+            hidden, caches = function(
+                caches, _tensor(chunk_ids), _tensor(np.int32(slot + position)), _tensor(padding_counts)
             )
-        return ops.convert_to_numpy(output), int(steps)
+            position += chunk
+        return hidden, caches
+
+    def chat_decode(self, hidden, caches, slot, max_new_tokens, total_length, sampler, stop_token_ids, seed=None, pad_token_id=0, stream=False):
+        """Samples a reply after `hidden` (the last fed token at `slot - 1`).
+
+        Returns `(tokens [1, capacity], count, caches)`, or with `stream=True`
+        yields each token `[1]` and finally the tuple.
+        """
+        capacity = max_new_tokens
+        loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
+        rng = self._rng(seed)
+        key = (total_length, capacity, sampler.cache_key(), loop.stop_token_ids, pad_token_id)
+        padding_counts = np.zeros((1,), dtype="int32")
+
+        def start(hidden, caches, slot, padding_counts, rng):
+            seen = ops.zeros((1, 1), dtype="bool")
+            if sampler.uses_seen_tokens:
+                seen = ops.zeros((1, self.causal_lm.backbone.vocabulary_size), dtype="bool")
+            return loop.start(hidden, caches, slot, seen, padding_counts, self._seed_fn(rng))
+
+        def run(state, max_new_tokens, rng):
+            return loop.loop(state, max_new_tokens, self._seed_fn(rng))
+
+        def step(state, rng):
+            return loop.step(state, self._seed_fn(rng))
+
+        start_function = self._compiled("chat_start", key, start)
+        state = start_function(hidden, caches, _tensor(np.int32(slot)), _tensor(padding_counts), rng)
+        if not stream:
+            state = self._compiled("chat_loop", key, run)(state, _tensor(np.int32(max_new_tokens)), rng)
+            return ops.convert_to_numpy(state[OUTPUT]), int(ops.convert_to_numpy(state[STEP])), state[CACHES]
+        return self._chat_stream(state, self._compiled("chat_step", key, step), max_new_tokens, rng)
+
+    def _chat_stream(self, state, step_function, max_new_tokens, rng):
+        for _ in range(max_new_tokens):
+            yield ops.convert_to_numpy(state[TOKEN])
+            if ops.convert_to_numpy(state[DONE]).all() or int(ops.convert_to_numpy(state[STEP])) >= max_new_tokens:
+                break
+            state = step_function(state, rng)
+        yield ops.convert_to_numpy(state[OUTPUT]), int(ops.convert_to_numpy(state[STEP])), state[CACHES]
+
+
+def _tensor(value):
+    if BACKEND == "jax":
+        return value  # jit converts NumPy arguments itself.
+    return ops.convert_to_tensor(value)

@@ -1,28 +1,33 @@
 """Gemma as a causal language model: backbone plus the tied-embedding head."""
 
 import keras
-from keras import ops
 
+from keras_gemma import samplers as sampler_lib
+from keras_gemma.models import generation
 from keras_gemma.models.gemma_causal_lm_head import logits_from_hidden_states
 
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
 class GemmaCausalLM(keras.Model):
-    """A Gemma backbone with its language-model head.
+    """A Gemma backbone with its language-model head, generation and training.
 
     Calling the model maps `{"token_ids", "padding_mask"}` `[batch, seq]` to
     next-token logits `[batch, seq, vocabulary_size]` (float32): the final
     hidden states times the transposed token embedding, soft-capped by
-    `final_logit_soft_cap` when the backbone has one.
+    `final_logit_soft_cap` when the backbone has one (in training too).
+
+    `generate()` decodes with preallocated per-layer KV caches, compiled on
+    every backend; `fit()` takes raw strings through the preprocessor.
 
     Args:
         backbone: a `GemmaBackbone`.
-        preprocessor: a `GemmaCausalLMPreprocessor` or None.
+        preprocessor: a `GemmaCausalLMPreprocessor` or None. Needed for string
+            inputs to `generate`, `fit` and `score`.
 
     Example:
     ```python
-    lm = keras_gemma.GemmaCausalLM(backbone)
-    logits = lm({"token_ids": ids, "padding_mask": mask})
+    lm = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m")
+    lm.generate("The capital of France is", max_new_tokens=16)
     ```
     """
 
@@ -36,21 +41,200 @@ class GemmaCausalLM(keras.Model):
         # === Config ===
         self.backbone = backbone
         self.preprocessor = preprocessor
+        self.sampler = sampler_lib.GreedySampler()
+        self._generator = None
+
+    # === Training ===
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        weighted_metrics="auto",
+        sampler="greedy",
+        **kwargs,
+    ):
+        """Configures training and the default sampler of `generate`.
+
+        Args:
+            optimizer: "auto" is AdamW (learning rate 2e-5, weight decay 0.01,
+                no decay on norms and embeddings' bias-free scales), or any
+                Keras optimizer.
+            loss: "auto" is sparse categorical cross-entropy on the logits,
+                masked by the preprocessor's sample weights.
+            weighted_metrics: "auto" is sparse categorical accuracy.
+            sampler: a sampler name ("greedy", "random", "top_k", "top_p",
+                "min_p", "beam") or instance: the default for `generate`.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(learning_rate=2e-5, weight_decay=0.01)
+            optimizer.exclude_from_weight_decay(var_names=["scale"])
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy()]
+        self.sampler = sampler_lib.get(sampler)
+        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+
+    def _preprocess_for_training(self, x, y, sample_weight):
+        if not generation.is_text(x):
+            return x, y, sample_weight
+        if self.preprocessor is None:
+            raise ValueError(
+                "String inputs need a preprocessor: build the model with "
+                "`GemmaCausalLM(backbone, preprocessor)` or load it with `from_preset`."
+            )
+        if y is not None or sample_weight is not None:
+            raise ValueError("With string inputs, labels and weights come from the text; pass only `x`.")
+        return self.preprocessor(generation.text_list(x))
+
+    def fit(self, x=None, y=None, batch_size=None, sample_weight=None, validation_data=None, **kwargs):
+        """`keras.Model.fit`, also on raw strings, lists, NumPy or `tf.data`.
+
+        Strings are packed by the preprocessor (next-token labels, padding
+        masked out of the loss). A `tf.data.Dataset` of strings is mapped
+        through the preprocessor; everything else goes to Keras unchanged.
+        """
+        x, y, sample_weight = self._preprocess_dataset_or_text(x, y, sample_weight)
+        if validation_data is not None and generation.is_text(validation_data):
+            validation_data = self._preprocess_for_training(validation_data, None, None)
+        return super().fit(
+            x, y, batch_size=batch_size, sample_weight=sample_weight, validation_data=validation_data, **kwargs
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        x, y, sample_weight = self._preprocess_dataset_or_text(x, y, sample_weight)
+        return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+
+    def _preprocess_dataset_or_text(self, x, y, sample_weight):
+        if generation.is_string_dataset(x):
+            if self.preprocessor is None:
+                raise ValueError("A dataset of strings needs a preprocessor.")
+            return x.map(self.preprocessor), None, None
+        return self._preprocess_for_training(x, y, sample_weight)
+
+    # === Generation ===
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from keras_gemma.models.compiled_generation import CompiledGenerator
+
+            self._generator = CompiledGenerator(self)
+        return self._generator
+
+    def generate(
+        self,
+        inputs,
+        max_length=None,
+        max_new_tokens=None,
+        stop_token_ids="auto",
+        strip_prompt=False,
+        stream=False,
+        sampler=None,
+        seed=None,
+    ):
+        """Generates text (or token ids) after one prompt or a batch of prompts.
+
+        Prompts of different lengths are left-padded to a length bucket and
+        decoded together with per-layer KV caches (sliding-window layers keep
+        a ring of `sliding_window_size` slots). The compiled function is reused
+        by every call whose shapes fall in the same bucket.
+
+        Args:
+            inputs: a string, a list of strings, or a dict with "token_ids" and
+                "padding_mask" `[batch, seq]` (pre-tokenized prompts, start
+                token included; any padding).
+            max_length: int. Prompt plus generated tokens, at most.
+            max_new_tokens: int >= 0. Tokens to generate, at most. When neither
+                limit is given, 64 new tokens.
+            stop_token_ids: "auto" (`<eos>` and the family's `<end_of_turn>`),
+                None (never stop early) or a list of ids. Stop tokens are not
+                included in the returned text.
+            strip_prompt: bool. Return only the generated part.
+            stream: bool. Return an iterator over text pieces as they are
+                decoded (one prompt only).
+            sampler: a sampler name or instance; defaults to the one given to
+                `compile()` (greedy).
+            seed: int. Makes sampling reproducible.
+
+        Returns:
+            A string (or list of strings) for string inputs; for dict inputs a
+            dict with "token_ids" and "padding_mask" of the prompts followed by
+            the new tokens (right-padded). With `stream=True`, an iterator of
+            strings.
+        """
+        return generation.generate(
+            self,
+            inputs,
+            max_length=max_length,
+            max_new_tokens=max_new_tokens,
+            stop_token_ids=stop_token_ids,
+            strip_prompt=strip_prompt,
+            stream=stream,
+            sampler=sampler,
+            seed=seed,
+        )
+
+    def chat_session(self, max_length=4096, sampler=None, stop_token_ids="auto"):
+        """A multi-turn chat that keeps the KV cache between turns.
+
+        Args:
+            max_length: int. Capacity of the conversation in tokens.
+            sampler: sampler name or instance (defaults to `compile()`'s).
+            stop_token_ids: as in `generate`.
+
+        Returns:
+            A `keras_gemma.ChatSession`; call `session.send("...")`.
+        """
+        from keras_gemma.models.chat_session import ChatSession
+
+        return ChatSession(self, max_length=max_length, sampler=sampler, stop_token_ids=stop_token_ids)
+
+    def score(self, inputs):
+        """Per-token log-likelihoods under the model.
+
+        Args:
+            inputs: a string, list of strings (tokenized with the start token),
+                or a dict with "token_ids" and "padding_mask".
+
+        Returns:
+            For strings: a float32 array (or list of arrays) of
+            `log p(token_i | tokens_<i)` for every token after the first. For a
+            dict: a float32 array `[batch, seq - 1]`, zero where the scored token
+            is padding.
+        """
+        return generation.score(self, inputs)
+
+    # === Presets ===
 
     @classmethod
-    def from_preset(cls, handle, dtype=None):
-        """Loads a causal LM (with its preprocessor when a vocabulary is found).
+    def from_preset(cls, handle, dtype=None, sequence_length=1024):
+        """Loads a causal LM and, when the preset has a vocabulary, its preprocessor.
 
         Args:
             handle: a registered preset name (`keras_gemma.list_presets()`), a
-                local Keras preset directory, a local transformers checkpoint
-                directory, a `.gguf` file, or a `kaggle://` / `hf://` handle.
+                local Keras preset directory (ours or keras-hub's), a local
+                transformers checkpoint directory, a `.gguf` file, or a
+                `kaggle://` / `hf://` handle.
             dtype: dtype or policy for the weights ("float32", "bfloat16", ...).
+            sequence_length: int. The preprocessor's training sequence length.
         """
         from keras_gemma.formats import loader
 
-        backbone = loader.load_backbone(handle, dtype=dtype)
-        return cls(backbone=backbone)
+        return loader.load_causal_lm(handle, dtype=dtype, sequence_length=sequence_length)
+
+    def save_to_preset(self, directory):
+        """Writes a Keras preset directory (atomically: a failure keeps the old one)."""
+        from keras_gemma.formats import keras_preset
+
+        keras_preset.save_causal_lm(self, directory)
+
+    def export_to_transformers(self, directory):
+        """Writes a transformers checkpoint (`config.json`, safetensors, tokenizer)."""
+        from keras_gemma.formats import transformers
+
+        transformers.export_causal_lm(self, directory)
 
     def get_config(self):
         return {
@@ -65,7 +249,8 @@ class GemmaCausalLM(keras.Model):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         if config.get("preprocessor") is not None:
-            config["preprocessor"] = keras.saving.deserialize_keras_object(
-                config["preprocessor"]
-            )
+            config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
         return cls(**config)
+
+
+

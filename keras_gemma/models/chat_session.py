@@ -1,0 +1,141 @@
+"""Multi-turn chat that keeps the KV cache between turns."""
+
+import numpy as np
+
+from keras_gemma import samplers as sampler_lib
+from keras_gemma.models import generation
+
+
+class ChatSession:
+    """A conversation with a `GemmaCausalLM` whose KV cache survives each turn.
+
+    The first turn is prefilled from the chat template; each later turn feeds
+    only its new tokens (the previous reply's `<end_of_turn>`, the new user
+    turn and the model prompt) on top of the cached conversation, in chunks
+    whose lengths are powers of two so they reuse compiled shapes. Nothing
+    already read is read again.
+
+    Args:
+        causal_lm: a `GemmaCausalLM` with a preprocessor.
+        max_length: int. Capacity of the conversation in tokens.
+        sampler: sampler name or instance; defaults to the model's.
+        stop_token_ids: as in `GemmaCausalLM.generate`.
+
+    Example:
+    ```python
+    chat = lm.chat_session()
+    chat.send("What is the capital of France?")
+    chat.send("And of Italy?")
+    ```
+    """
+
+    def __init__(self, causal_lm, max_length=4096, sampler=None, stop_token_ids="auto"):
+        self.causal_lm = causal_lm
+        self.tokenizer = generation._tokenizer(causal_lm)
+        self.max_length = int(max_length)
+        self.sampler = causal_lm.sampler if sampler is None else sampler_lib.get(sampler)
+        if isinstance(self.sampler, sampler_lib.BeamSampler):
+            raise ValueError("A chat session samples token by token; beam search is not supported here.")
+        self.stop_token_ids = generation.resolve_stop_token_ids(causal_lm, stop_token_ids)
+        self.messages = []
+        self.reset()
+
+    def reset(self):
+        """Forgets the conversation and its cache."""
+        self.messages = []
+        self._caches = None
+        self._slot = 0
+        self._pending = []  # Tokens generated but not fed yet (the stop token).
+        self.tokens_read = 0  # Tokens run through the model: shows cache reuse.
+
+    @property
+    def cache_length(self):
+        """Slots of the conversation held in the cache."""
+        return self._slot
+
+    def send(self, message, max_new_tokens=256, stream=False, seed=None):
+        """Adds a user turn and returns the model's reply (or streams it).
+
+        Args:
+            message: str. The user's message.
+            max_new_tokens: int. Longest reply.
+            stream: bool. Yield text pieces as they are decoded.
+            seed: int. For reproducible sampling.
+
+        Returns:
+            The reply text, or an iterator of text pieces with `stream=True`.
+        """
+        if not isinstance(message, str):
+            raise TypeError(f"`message` must be a string. Received: {type(message).__name__}")
+        if self._caches is None:
+            new_tokens = self.tokenizer.apply_chat_template([{"role": "user", "content": message}])
+        else:
+            turn = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": message}], add_generation_prompt=True
+            )
+            # Drop the `<bos>`: the conversation already has one. Close the
+            # previous model turn first.
+            closing = self._pending or [self.tokenizer.end_of_turn_token_id]
+            newline = self.tokenizer.tokenize("\n")
+            new_tokens = closing + newline + list(turn[1:])
+        needed = self._slot + len(new_tokens) + max_new_tokens
+        if needed > self.max_length:
+            raise ValueError(
+                f"The conversation would reach {needed} tokens, beyond this session's "
+                f"max_length={self.max_length}. Start a new session with a larger "
+                "`max_length` (or call `reset()`)."
+            )
+        self.messages.append({"role": "user", "content": message})
+        generator = self.causal_lm.generator
+        token_ids = np.asarray([new_tokens], dtype="int32")
+        if self._caches is None:
+            hidden, self._caches = generator.chat_prefill(token_ids, self.max_length)
+        else:
+            hidden, self._caches = generator.chat_extend(self._caches, token_ids, self._slot, self.max_length)
+        self.tokens_read += len(new_tokens)
+        self._slot += len(new_tokens)
+        result = generator.chat_decode(
+            hidden, self._caches, self._slot, max_new_tokens, self.max_length,
+            self.sampler, self.stop_token_ids, seed=seed, stream=stream,
+        )
+        if stream:
+            return self._stream_reply(result)
+        output, count, self._caches = result
+        return self._finish(list(output[0, :count]))
+
+    def _finish(self, tokens):
+        reply = []
+        for token in tokens:
+            if int(token) in self.stop_token_ids:
+                break
+            reply.append(int(token))
+        # Every reply token but the last was fed to the model while decoding;
+        # the last one (usually the stop token) is fed with the next turn.
+        self._slot += max(len(tokens) - 1, 0)
+        self.tokens_read += max(len(tokens) - 1, 0)
+        self._pending = [int(tokens[-1])] if tokens else []
+        if self._pending and self._pending[0] not in self.stop_token_ids:
+            # Stopped on length: close the turn explicitly after this token.
+            self._pending.append(self.tokenizer.end_of_turn_token_id)
+        text = self.tokenizer.detokenize(reply) if reply else ""
+        self.messages.append({"role": "assistant", "content": text})
+        return text
+
+    def _stream_reply(self, result):
+        tokens = []
+        emitted = ""
+        for item in result:
+            if isinstance(item, tuple):
+                output, count, self._caches = item
+                self._finish(list(output[0, :count]))
+                return
+            token = int(item[0])
+            if token in self.stop_token_ids:
+                continue
+            tokens.append(token)
+            text = self.tokenizer.detokenize(tokens)
+            if text.endswith("\ufffd"):
+                continue
+            piece, emitted = text[len(emitted):], text
+            if piece:
+                yield piece
