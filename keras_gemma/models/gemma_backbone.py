@@ -252,6 +252,10 @@ class GemmaBackbone(keras.Model):
             dtype=dtype,
             **kwargs,
         )
+        if dtype is not None:
+            # `Functional.__init__` drops `dtype`: set it so `get_config` (and
+            # `.keras` files) record the policy the layers were built with.
+            self.dtype_policy = dtype
 
         # Layers are attached after `Model.__init__` (PyTorch modules refuse
         # attributes before it).
