@@ -47,6 +47,8 @@ class ChatSession:
         self._slot = 0
         self._pending = []  # Tokens generated but not fed yet (the stop token).
         self.tokens_read = 0  # Tokens run through the model: shows cache reuse.
+        self._tokens = []  # Every token fed so far, in order.
+        self._prompt_tokens = []  # The conversation as it stood before the last reply.
 
     @property
     def cache_length(self):
@@ -94,6 +96,8 @@ class ChatSession:
             hidden, self._caches = generator.chat_extend(self._caches, token_ids, self._slot, self.max_length)
         self.tokens_read += len(new_tokens)
         self._slot += len(new_tokens)
+        self._tokens.extend(int(t) for t in new_tokens)
+        self._prompt_tokens = list(self._tokens)
         result = generator.chat_decode(
             hidden, self._caches, self._slot, max_new_tokens, self.max_length,
             self.sampler, self.stop_token_ids, seed=seed, stream=stream,
@@ -113,6 +117,7 @@ class ChatSession:
         # the last one (usually the stop token) is fed with the next turn.
         self._slot += max(len(tokens) - 1, 0)
         self.tokens_read += max(len(tokens) - 1, 0)
+        self._tokens.extend(int(t) for t in tokens[:-1])
         self._pending = [int(tokens[-1])] if tokens else []
         if self._pending and self._pending[0] not in self.stop_token_ids:
             # Stopped on length: close the turn explicitly after this token.
@@ -121,6 +126,10 @@ class ChatSession:
         self.messages.append({"role": "assistant", "content": text})
         return text
 
+    def _history_tokens(self):
+        """Token ids of the conversation up to the start of the last reply."""
+        return list(self._prompt_tokens)
+
     def _stream_reply(self, result):
         tokens = []
         emitted = ""
@@ -128,6 +137,9 @@ class ChatSession:
             if isinstance(item, tuple):
                 output, count, self._caches = item
                 self._finish(list(output[0, :count]))
+                text = self.tokenizer.detokenize(tokens) if tokens else ""
+                if len(text) > len(emitted) and text.startswith(emitted):
+                    yield text[len(emitted):]  # Held-back partial bytes.
                 return
             token = int(item[0])
             if token in self.stop_token_ids:

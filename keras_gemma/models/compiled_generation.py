@@ -35,6 +35,10 @@ def _functional_write(cache, index, update):
 
 def _torch_write(cache, index, update):
     index = int(index)
+    if not cache.is_contiguous():
+        # Broadcast views (e.g. beams repeated from one prefill) share memory:
+        # materialize once; every later write is in place.
+        cache = cache.contiguous()
     cache[:, index : index + update.shape[1]] = update
     return cache
 

@@ -19,15 +19,20 @@ from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.masks import attention_mask as build_attention_mask
 
 
-def cache_lengths(backbone, total_length):
+def cache_lengths_for_config(config, total_length):
     """Slots each layer's cache holds for sequences of `total_length`."""
-    lengths = []
-    for layer in backbone.transformer_layers:
-        if layer.layer_type == SLIDING_ATTENTION:
-            lengths.append(min(backbone.sliding_window_size, total_length))
-        else:
-            lengths.append(total_length)
-    return lengths
+    window = config["sliding_window_size"]
+    return [
+        min(window, total_length) if layer_type == SLIDING_ATTENTION else total_length
+        for layer_type in config["layer_types"]
+    ]
+
+
+def cache_lengths(backbone, total_length):
+    return cache_lengths_for_config(
+        {"sliding_window_size": backbone.sliding_window_size, "layer_types": backbone.layer_types},
+        total_length,
+    )
 
 
 def cache_bytes(backbone, batch_size, total_length, dtype_size=None):

@@ -264,6 +264,11 @@ def _stream_text(causal_lm, prompt, token_ids, padding_mask, budget, total_lengt
         emitted = text
         if piece:
             yield piece
+    if tokenizer is not None and generated:
+        # Flush what was held back (a byte sequence that never completed).
+        text = tokenizer.detokenize(base + generated)
+        if len(text) > len(emitted) and text.startswith(emitted):
+            yield text[len(emitted):]
 
 
 def _common_prefix(a, b):

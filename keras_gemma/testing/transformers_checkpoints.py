@@ -8,12 +8,14 @@ import numpy as np
 from keras_gemma.formats.transformers import transformers_config_from_backbone
 
 
-def make_transformers_model(config, seed=0, scale=1.0):
+def make_transformers_model(config, seed=0, scale=1.0, embedding_scale=1.0):
     """A transformers Gemma causal LM for our `config`, weights re-drawn.
 
     Every weight is re-drawn so each term matters: norm weights around 0 with
     spread 0.5 (so `1 + w` is far from 1), projections with variance `1/fan_in`
-    times `scale`, embeddings N(0, 1).
+    times `scale`, embeddings N(0, `embedding_scale`**2). A small
+    `embedding_scale` (0.05) makes greedy continuations depend on the context
+    instead of repeating one token, which generation tests need.
     """
     import torch
     import transformers
@@ -42,7 +44,7 @@ def make_transformers_model(config, seed=0, scale=1.0):
             if name.endswith("norm.weight"):
                 values = generator.normal(0.0, 0.5, shape)
             elif "embed_tokens" in name:
-                values = generator.normal(0.0, 1.0, shape)
+                values = generator.normal(0.0, embedding_scale, shape)
             else:
                 values = generator.normal(0.0, scale / np.sqrt(shape[-1]), shape)
             parameter.copy_(torch.tensor(values, dtype=parameter.dtype))

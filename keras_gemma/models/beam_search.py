@@ -1,0 +1,139 @@
+"""Beam search over the cached decoding steps.
+
+Each prompt is expanded to `num_beams` rows sharing one prefill. At every
+step each beam proposes its continuations; the `num_beams` best
+(prompt-wise) by summed log-probability survive, and the caches are
+re-ordered to follow their beams. A beam that emits a stop token is frozen
+(it only extends with padding at no cost). The best beam is chosen at the end
+by `score / length ** length_penalty`.
+"""
+
+import numpy as np
+from keras import ops
+
+from keras_gemma.models import decoding
+from keras_gemma.models import generation
+from keras_gemma.models.gemma_causal_lm_head import logits_from_hidden_states
+
+NEGATIVE_INFINITY = -1e9
+
+
+def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad_token_id=0):
+    """Returns the best continuation (list of ids, stop token excluded) per prompt."""
+    from keras_gemma.models.compiled_generation import WRITE
+
+    if max_new_tokens == 0:
+        return [[] for _ in prompts]
+    backbone = causal_lm.backbone
+    generator = causal_lm.generator
+    beams = sampler.num_beams
+    batch = len(prompts)
+    prompt_length = generation.bucket_prompt_length(max(len(p) for p in prompts))
+    total_length = prompt_length + generation.bucket_new_tokens(max_new_tokens)
+    token_ids, padding_mask = generation.left_pad(prompts, prompt_length, pad_token_id)
+    stops = tuple(stop_token_ids)
+    vocabulary_size = backbone.vocabulary_size
+
+    def log_probs_of(hidden):
+        logits = logits_from_hidden_states(backbone, hidden[:, -1:, :])[:, 0, :]
+        return ops.log_softmax(logits, axis=-1)
+
+    def is_stop(tokens):
+        if not stops:
+            return ops.zeros(ops.shape(tokens), dtype="bool")
+        stop_tensor = ops.convert_to_tensor(stops, dtype="int32")
+        return ops.any(ops.equal(tokens[..., None], stop_tensor), axis=-1)
+
+    def select(scores, log_probs, done):
+        """Top `beams` of every prompt. scores/done `[b, beams]`, log_probs `[b*beams, V]`."""
+        log_probs = ops.reshape(log_probs, (batch, beams, vocabulary_size))
+        # A finished beam continues only with padding, at no cost.
+        frozen = ops.where(
+            ops.arange(vocabulary_size)[None, None, :] == pad_token_id, 0.0, NEGATIVE_INFINITY
+        )
+        log_probs = ops.where(done[..., None], frozen, log_probs)
+        candidates = ops.reshape(scores[..., None] + log_probs, (batch, beams * vocabulary_size))
+        new_scores, indices = ops.top_k(candidates, beams)
+        beam_index = ops.cast(indices // vocabulary_size, "int32")
+        tokens = ops.cast(indices % vocabulary_size, "int32")
+        return new_scores, beam_index, tokens
+
+    def reorder(tensor, beam_index):
+        """Gathers rows `[b*beams, ...]` by `beam_index` `[b, beams]`."""
+        flat = ops.reshape(beam_index + ops.arange(batch, dtype="int32")[:, None] * beams, (-1,))
+        return ops.take(tensor, flat, axis=0)
+
+    def first(token_ids, padding_mask):
+        hidden, caches = decoding.prefill(backbone, token_ids, padding_mask, total_length)
+        log_probs = ops.repeat(log_probs_of(hidden), beams, axis=0)
+        caches = tuple((ops.repeat(k, beams, axis=0), ops.repeat(v, beams, axis=0)) for k, v in caches)
+        # Only beam 0 is live at the start, so the first pick is not duplicated.
+        scores = ops.where(ops.arange(beams)[None, :] == 0, 0.0, NEGATIVE_INFINITY) + ops.zeros((batch, 1))
+        done = ops.zeros((batch, beams), dtype="bool")
+        scores, beam_index, tokens = select(scores, log_probs, done)
+        return scores, tokens, caches
+
+    def step(caches, tokens, scores, done, lengths, slot, padding_counts):
+        flat_tokens = ops.reshape(tokens, (-1, 1))
+        hidden, caches = decoding.extend(
+            backbone, caches, flat_tokens, slot, padding_counts, WRITE, total_length
+        )
+        scores, beam_index, new_tokens = select(scores, log_probs_of(hidden), done)
+        caches = tuple((reorder(k, beam_index), reorder(v, beam_index)) for k, v in caches)
+        done = ops.take_along_axis(done, beam_index, axis=1)
+        lengths = ops.take_along_axis(lengths, beam_index, axis=1)
+        lengths = lengths + ops.cast(ops.logical_not(done), "int32")
+        done = ops.logical_or(done, is_stop(new_tokens))
+        return caches, new_tokens, scores, done, lengths, beam_index
+
+    key = (token_ids.shape, total_length, beams, stops, pad_token_id)
+    first_function = generator._compiled("beam_first", key, first)
+    step_function = generator._compiled("beam_step", key, step)
+    padding_counts = np.repeat(prompt_length - padding_mask.sum(axis=1), beams).astype("int32")
+    scores, tokens, caches = first_function(_as_tensor(token_ids), _as_tensor(padding_mask))
+    done = is_stop(tokens)
+    lengths = ops.ones((batch, beams), dtype="int32")
+    history = [ops.convert_to_numpy(tokens)[:, :, None]]  # per step `[b, beams, 1]`
+    parents = []
+    for index in range(1, max_new_tokens):
+        if bool(np.all(ops.convert_to_numpy(done))):
+            break
+        slot = np.int32(prompt_length + index - 1)
+        caches, tokens, scores, done, lengths, beam_index = step_function(
+            caches, tokens, scores, done, lengths, _as_tensor(slot), _as_tensor(padding_counts)
+        )
+        parents.append(ops.convert_to_numpy(beam_index))
+        history.append(ops.convert_to_numpy(tokens)[:, :, None])
+    sequences = _backtrack(history, parents)  # (b, beams, steps)
+    scores = ops.convert_to_numpy(scores)
+    lengths = np.maximum(ops.convert_to_numpy(lengths), 1)
+    normalized = scores / lengths.astype("float64") ** sampler.length_penalty
+    results = []
+    for row in range(batch):
+        best = int(np.argmax(normalized[row]))
+        tokens = []
+        for token in sequences[row, best]:
+            if int(token) in stops:
+                break
+            tokens.append(int(token))
+        results.append(tokens)
+    return results
+
+
+def _backtrack(history, parents):
+    """Rebuilds each final beam's tokens from per-step tokens and parent indices."""
+    batch, beams = history[0].shape[:2]
+    steps = len(history)
+    sequences = np.zeros((batch, beams, steps), dtype="int64")
+    current = np.tile(np.arange(beams), (batch, 1))
+    for step in range(steps - 1, -1, -1):
+        sequences[:, :, step] = np.take_along_axis(history[step][:, :, 0], current, axis=1)
+        if step > 0:
+            current = np.take_along_axis(parents[step - 1], current, axis=1)
+    return sequences
+
+
+def _as_tensor(value):
+    from keras_gemma.models.compiled_generation import _tensor
+
+    return _tensor(value)
