@@ -317,3 +317,59 @@ class GemmaBackbone(keras.Model):
         if isinstance(dtype, dict):
             dtype = keras.dtype_policies.deserialize(dtype)
         return cls(dtype=dtype, **config)
+
+    # === LoRA (implemented in `keras_gemma.models.lora`) ===
+
+    def enable_lora(self, rank, alpha=None, target_names=("query", "value")):
+        """Freezes every weight and adds trainable LoRA adapters.
+
+        Uses Keras' own `enable_lora` on the projection layers of every block.
+        `summary()` then counts only the adapters as trainable.
+
+        Args:
+            rank: int >= 1.
+            alpha: float or None. Updates are scaled by `alpha / rank`;
+                None means `alpha = rank`.
+            target_names: layer names among "query", "key", "value",
+                "attention_output", "ffw_gating", "ffw_gating_2",
+                "ffw_linear", or a set name: "attention" (the four attention
+                projections) or "all" (attention and feed-forward).
+
+        Example:
+        ```python
+        backbone.enable_lora(rank=4, target_names="attention")
+        ```
+        """
+        from keras_gemma.models import lora
+
+        lora.enable_lora(self, rank, alpha=alpha, target_names=target_names)
+
+    def save_lora_weights(self, path):
+        """Writes only the adapter (`.lora.h5` or `.safetensors`) with its rank, alpha and targets."""
+        from keras_gemma.models import lora
+
+        lora.save_lora_weights(self, path)
+
+    def load_lora_weights(self, path):
+        """Loads an adapter file; enables LoRA from the file when it is not yet enabled."""
+        from keras_gemma.models import lora
+
+        lora.load_lora_weights(self, path)
+
+    def merge_lora_weights(self):
+        """Folds the adapters into the base kernels and removes them."""
+        from keras_gemma.models import lora
+
+        lora.merge_lora_weights(self)
+
+    def export_lora_to_peft(self, directory):
+        """Writes the adapter as Hugging Face PEFT files (`adapter_config.json`, safetensors)."""
+        from keras_gemma.models import lora
+
+        lora.export_lora_to_peft(self, directory)
+
+    def enable_gradient_checkpointing(self):
+        """Recomputes each block's activations in the backward pass to save memory."""
+        from keras_gemma.models import lora
+
+        lora.enable_gradient_checkpointing(self)

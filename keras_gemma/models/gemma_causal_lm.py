@@ -252,5 +252,38 @@ class GemmaCausalLM(keras.Model):
             config["preprocessor"] = keras.saving.deserialize_keras_object(config["preprocessor"])
         return cls(**config)
 
+    # === LoRA (delegates to the backbone) ===
 
+    def _reset_compiled_functions(self):
+        # Traced train/predict functions and generation captured the old
+        # variables (and whether LoRA was on): retrace on next use.
+        self.train_function = self.test_function = self.predict_function = None
+        self._generator = None
 
+    def enable_lora(self, rank, alpha=None, target_names=("query", "value")):
+        """`GemmaBackbone.enable_lora`; call `compile()` afterwards."""
+        self.backbone.enable_lora(rank, alpha=alpha, target_names=target_names)
+        self._reset_compiled_functions()
+
+    def save_lora_weights(self, path):
+        """`GemmaBackbone.save_lora_weights`."""
+        self.backbone.save_lora_weights(path)
+
+    def load_lora_weights(self, path):
+        """`GemmaBackbone.load_lora_weights`."""
+        self.backbone.load_lora_weights(path)
+        self._reset_compiled_functions()
+
+    def merge_lora_weights(self):
+        """`GemmaBackbone.merge_lora_weights`."""
+        self.backbone.merge_lora_weights()
+        self._reset_compiled_functions()
+
+    def export_lora_to_peft(self, directory):
+        """`GemmaBackbone.export_lora_to_peft`."""
+        self.backbone.export_lora_to_peft(directory)
+
+    def enable_gradient_checkpointing(self):
+        """`GemmaBackbone.enable_gradient_checkpointing`; call `compile()` afterwards."""
+        self.backbone.enable_gradient_checkpointing()
+        self._reset_compiled_functions()
