@@ -35,7 +35,7 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
     vocabulary_size = backbone.vocabulary_size
 
     def log_probs_of(hidden):
-        logits = logits_from_hidden_states(backbone, hidden[:, -1:, :])[:, 0, :]
+        logits = logits_from_hidden_states(backbone, hidden[:, -1:, :], decoding=True)[:, 0, :]
         return ops.log_softmax(logits, axis=-1)
 
     def is_stop(tokens):

@@ -73,7 +73,7 @@ class DecodeLoop:
         return ops.any(ops.equal(tokens[:, None], stops[None, :]), axis=-1)
 
     def _sample(self, hidden_last, seen, seed):
-        logits = logits_from_hidden_states(self.backbone, hidden_last)[:, -1, :]
+        logits = logits_from_hidden_states(self.backbone, hidden_last, decoding=True)[:, -1, :]
         seen = seen if self.sampler.uses_seen_tokens else None
         return ops.cast(self.sampler(logits, seed=seed, seen=seen), "int32")
 
