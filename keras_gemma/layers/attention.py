@@ -8,6 +8,7 @@ h head_dim, d hidden_dim.
 import keras
 from keras import ops
 
+from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.rms_normalization import RMSNormalization
 from keras_gemma.layers.rotary_embedding import RotaryEmbedding
 
@@ -145,11 +146,11 @@ class GemmaAttention(keras.layers.Layer):
             self.key_norm.build(head_shape)
 
     def _project_key_value(self, inputs, positions):
-        key = self.key(inputs)  # (b, t, k, h)
-        value = self.value(inputs)  # (b, t, k, h)
+        key = call_layer(self.key, inputs)  # (b, t, k, h)
+        value = call_layer(self.value, inputs)  # (b, t, k, h)
         if self.use_query_key_norm:
-            key = self.key_norm(key)
-        key = self.rotary_embedding(key, positions)
+            key = call_layer(self.key_norm, key)
+        key = call_layer(self.rotary_embedding, key, positions)
         return key, value
 
     def call(
@@ -164,10 +165,10 @@ class GemmaAttention(keras.layers.Layer):
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
         k, g, h = self.num_key_value_heads, self.groups, self.head_dim
 
-        query = self.query(inputs)  # (b, t, n, h)
+        query = call_layer(self.query, inputs)  # (b, t, n, h)
         if self.use_query_key_norm:
-            query = self.query_norm(query)
-        query = self.rotary_embedding(query, positions)
+            query = call_layer(self.query_norm, query)
+        query = call_layer(self.rotary_embedding, query, positions)
         query = query * ops.cast(self.query_pre_attn_scalar**-0.5, query.dtype)
         query = ops.reshape(query, (batch, length, k, g, h))  # (b, t, k, g, h)
         key, value = self._project_key_value(inputs, positions)
@@ -182,7 +183,7 @@ class GemmaAttention(keras.layers.Layer):
         logits = ops.where(mask, logits, MASKED_LOGIT)
         probabilities = ops.softmax(logits, axis=-1)
         probabilities = ops.cast(probabilities, self.compute_dtype)
-        probabilities = self.dropout_layer(probabilities, training=training)
+        probabilities = call_layer(self.dropout_layer, probabilities, training=training)
 
         if cache is not None:
             cache_length = ops.shape(key_cache)[1]
@@ -194,7 +195,7 @@ class GemmaAttention(keras.layers.Layer):
         else:
             attended = ops.einsum("bkgts,bskh->btkgh", probabilities, value)
         attended = ops.reshape(attended, (batch, length, k * g, h))
-        output = self.attention_output(attended)  # (b, t, d)
+        output = call_layer(self.attention_output, attended)  # (b, t, d)
         if return_key_value or cache is not None:
             return output, (key, value)
         return output

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_gemma.layers.attention import GemmaAttention
+from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.feed_forward import GatedFeedForward
 from keras_gemma.layers.masks import attention_mask as build_attention_mask
 from keras_gemma.layers.masks import positions_from_padding_mask
@@ -165,8 +166,9 @@ class GemmaDecoderBlock(keras.layers.Layer):
                 else None
             )
             attention_mask = build_attention_mask(slots, slots, padding_mask, window)
-        normed = self.pre_attention_norm(inputs)
-        attended = self.attention(
+        normed = call_layer(self.pre_attention_norm, inputs)
+        attended = call_layer(
+            self.attention,
             normed,
             positions=positions,
             attention_mask=attention_mask,
@@ -178,13 +180,13 @@ class GemmaDecoderBlock(keras.layers.Layer):
         if cache is not None or return_key_value:
             attended, key_value = attended
         if self.use_post_attention_norm:
-            attended = self.post_attention_norm(attended)
-        x = inputs + self.dropout_layer(attended, training=training)
+            attended = call_layer(self.post_attention_norm, attended)
+        x = inputs + call_layer(self.dropout_layer, attended, training=training)
 
-        transformed = self.feed_forward(self.pre_ffw_norm(x))
+        transformed = call_layer(self.feed_forward, call_layer(self.pre_ffw_norm, x))
         if self.use_post_ffw_norm:
-            transformed = self.post_ffw_norm(transformed)
-        x = x + self.dropout_layer(transformed, training=training)
+            transformed = call_layer(self.post_ffw_norm, transformed)
+        x = x + call_layer(self.dropout_layer, transformed, training=training)
         if key_value is not None:
             return x, key_value
         return x

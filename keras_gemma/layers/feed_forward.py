@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_gemma.layers.direct_calls import call_layer
+
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
 class GatedFeedForward(keras.layers.Layer):
@@ -44,8 +46,8 @@ class GatedFeedForward(keras.layers.Layer):
         self.ffw_linear.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
     def call(self, inputs):
-        gate = ops.gelu(self.ffw_gating(inputs), approximate=True)
-        return self.ffw_linear(gate * self.ffw_gating_2(inputs))
+        gate = ops.gelu(call_layer(self.ffw_gating, inputs), approximate=True)
+        return call_layer(self.ffw_linear, gate * call_layer(self.ffw_gating_2, inputs))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)

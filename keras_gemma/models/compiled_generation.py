@@ -20,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_gemma.layers.direct_calls import direct_layer_calls
 from keras_gemma.models import decoding
 from keras_gemma.models.gemma_causal_lm_head import logits_from_hidden_states
 
@@ -187,6 +188,13 @@ class CompiledGenerator:
         cache_key = (name, key, len(self.causal_lm.variables))
         if cache_key in self._functions:
             return self._functions[cache_key]
+        traced = function
+
+        def function(*args):
+            # Built layers call their sublayers' `call` directly: no
+            # `Layer.__call__` bookkeeping per token (PyTorch) or per trace.
+            with direct_layer_calls():
+                return traced(*args)
         if BACKEND == "jax":
             import jax
 

@@ -16,6 +16,7 @@ Einsum letters as in `layers/attention.py`.
 from keras import ops
 
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
+from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.masks import attention_mask as build_attention_mask
 
 
@@ -102,8 +103,8 @@ def prefill(backbone, token_ids, padding_mask, total_length, training=False):
         is_sliding = layer.layer_type == SLIDING_ATTENTION
         window = backbone.sliding_window_size if is_sliding else None
         mask = build_attention_mask(slots, slots, padding_mask, window)
-        x, (key, value) = layer(
-            x, positions=positions, attention_mask=mask, return_key_value=True
+        x, (key, value) = call_layer(
+            layer, x, positions=positions, attention_mask=mask, return_key_value=True
         )
         shape = (batch, length, backbone.num_key_value_heads, backbone.head_dim)
         empty = ops.zeros(shape, dtype=key.dtype)
@@ -112,7 +113,7 @@ def prefill(backbone, token_ids, padding_mask, total_length, training=False):
         else:
             pad = [[0, 0], [0, length - prompt_length], [0, 0], [0, 0]]
             caches.append((ops.pad(key, pad), ops.pad(value, pad)))
-    return backbone.final_normalization(x), caches
+    return call_layer(backbone.final_normalization, x), caches
 
 
 def extend(backbone, caches, token_ids, start, padding_counts, write, total_length):
@@ -146,7 +147,8 @@ def extend(backbone, caches, token_ids, start, padding_counts, write, total_leng
             ],
             axis=-1,
         )
-        x, (key, value) = layer(
+        x, (key, value) = call_layer(
+            layer,
             x,
             positions=positions,
             attention_mask=mask,
@@ -161,4 +163,4 @@ def extend(backbone, caches, token_ids, start, padding_counts, write, total_leng
             )
         else:
             new_caches.append((write(key_cache, start, key), write(value_cache, start, value)))
-    return backbone.final_normalization(x), new_caches
+    return call_layer(backbone.final_normalization, x), new_caches

@@ -9,6 +9,7 @@ from keras_gemma.layers.decoder_block import FULL_ATTENTION
 from keras_gemma.layers.decoder_block import LAYER_TYPES
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.decoder_block import GemmaDecoderBlock
+from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.rms_normalization import RMSNormalization
 
 
@@ -269,7 +270,7 @@ class GemmaBackbone(keras.Model):
 
     def embed(self, token_ids):
         """Scaled token embeddings `[b, t, hidden_dim]` (used by generation)."""
-        return _scale_embeddings(self.token_embedding(token_ids), self.hidden_dim)
+        return _scale_embeddings(call_layer(self.token_embedding, token_ids), self.hidden_dim)
 
     @classmethod
     def from_preset(cls, handle, dtype=None):
