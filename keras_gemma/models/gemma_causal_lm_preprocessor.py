@@ -298,26 +298,21 @@ class GemmaCausalLMPreprocessor:
         (ours or keras-hub's; unknown keys are ignored), then from `kwargs`.
 
         Args:
-            handle: a Keras preset directory, a transformers checkpoint
-                directory, or a SentencePiece `.model`/`.spm` file.
+            handle: any `from_preset` handle (a registered name, a Keras or
+                keras-hub preset directory, a transformers checkpoint
+                directory, a `.gguf` file, `kaggle://` / `hf://`), or a
+                SentencePiece `.model`/`.spm` file.
             **kwargs: constructor arguments to override, e.g.
                 `sequence_length=1024`.
         """
-        config = {}
-        path = os.path.join(os.fspath(handle), PREPROCESSOR_CONFIG_FILE)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as file:
-                stored = json.load(file).get("config", {})
-            for name in (
-                "sequence_length",
-                "add_start_token",
-                "add_end_token",
-                "truncate",
-            ):
-                if name in stored:
-                    config[name] = stored[name]
-        config.update(kwargs)
-        return cls(tokenizer=GemmaTokenizer.from_preset(handle), **config)
+        from keras_gemma.formats import loader
+
+        if isinstance(handle, (str, os.PathLike)) and os.path.isfile(handle) and not os.fspath(handle).endswith(".gguf"):
+            return cls(tokenizer=GemmaTokenizer.from_preset(handle), **kwargs)
+        kind, path, _ = loader.resolve(handle)
+        config = dict(loader.preprocessor_settings(kind, path), **kwargs)
+        tokenizer = GemmaTokenizer(proto=loader.tokenizer_proto_for(kind, path))
+        return cls(tokenizer=tokenizer, **config)
 
     def save_to_preset(self, directory):
         """Writes `preprocessor.json` and the tokenizer's files."""

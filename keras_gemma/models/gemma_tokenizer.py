@@ -422,10 +422,14 @@ class GemmaTokenizer:
         """Loads the tokenizer of a preset.
 
         Args:
-            handle: a Keras preset directory, a transformers checkpoint
-                directory, or a SentencePiece `.model`/`.spm` file.
+            handle: any `from_preset` handle (a registered name, a Keras or
+                keras-hub preset directory, a transformers checkpoint
+                directory, a `.gguf` file, `kaggle://` / `hf://`), or a
+                SentencePiece `.model`/`.spm` file.
         """
-        return cls(proto=preset_lib.load_tokenizer_proto(handle))
+        from keras_gemma.formats import loader
+
+        return cls(proto=loader.load_tokenizer_proto(handle))
 
     def save_to_preset(self, directory):
         """Writes `tokenizer.json` and `assets/tokenizer/vocabulary.spm`."""

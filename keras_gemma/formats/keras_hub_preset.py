@@ -1,0 +1,290 @@
+"""Preset directories written by keras-hub's `save_to_preset`, read without keras-hub.
+
+keras-hub (0.32) writes `config.json` (`keras_hub>GemmaBackbone` for Gemma 1
+and 2, `keras_hub>Gemma3Backbone` for Gemma 3), `metadata.json` and the
+weights as `model.weights.h5` (or `model.weights.json` plus
+`model_NNNNN.weights.h5` shards). Nothing is deserialized: the config is
+read as data and mapped to `GemmaBackbone` arguments, and the HDF5 file is
+walked with h5py. Every kernel has the same shape in keras-hub and here.
+
+Facts about keras-hub used here (from its source, `models/gemma*/`):
+- `GemmaBackbone.intermediate_dim` is twice the width of one FFN branch (its
+  gating layers are `intermediate_dim // 2` wide); `Gemma3Backbone`'s is the
+  branch width itself (`gate_dim_reduction=1`). The width is re-checked
+  against the stored kernels.
+- Gemma 1/2 slide on even layers (`i % 2 == 0`) when
+  `use_sliding_window_attention`; Gemma 3 on `i % 6 < 5`, with RoPE base
+  10k on sliding and 1M on global layers, scaled by
+  `local_/global_rope_scaling_factor`.
+- RoPE: Gemma 1/2 in keras-hub rotate half-split pairs and then interleave
+  them, the same permutation of `head_dim` on queries and keys, so the
+  attention scores equal HF's and ours with the same kernels.
+- Query scaling: the decoder blocks pass `query_head_dim_normalize=True` to
+  attention whatever the config says, so keras-hub itself always scales by
+  `head_dim ** -0.5`. A config with `query_head_dim_normalize=False` (Gemma
+  2 27B, Gemma 3 27B) means `hidden_dim // num_query_heads` (144, 168): that
+  is what the released weights were trained with, so we use it and differ
+  from keras-hub's own outputs there (DESIGN.md: "keras-hub ignores this").
+"""
+
+import glob
+import os
+
+import numpy as np
+
+from keras_gemma.layers.decoder_block import FULL_ATTENTION
+from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
+
+GEMMA_REGISTERED_NAME = "keras_hub>GemmaBackbone"
+GEMMA3_REGISTERED_NAME = "keras_hub>Gemma3Backbone"
+WEIGHTS_FILE = "model.weights.h5"
+SHARDED_WEIGHTS_CONFIG = "model.weights.json"
+# keras-hub's Gemma 3 RoPE bases (hard-coded in its backbone).
+GEMMA3_LOCAL_ROPE_WAVELENGTH = 10_000.0
+GEMMA3_GLOBAL_ROPE_WAVELENGTH = 1_000_000.0
+GEMMA3_SLIDING_PATTERN = 6
+# keras-hub's attribute names (the HDF5 groups) -> our layer names.
+_LAYER_NAMES = {
+    "reversible_embedding": "token_embedding",
+    "rms_normalization": "final_normalization",
+    "query_dense": "query",
+    "key_dense": "key",
+    "value_dense": "value",
+    "output_dense": "attention_output",
+    "gating_ffw": "feed_forward/ffw_gating",
+    "gating_ffw_2": "feed_forward/ffw_gating_2",
+    "ffw_linear": "feed_forward/ffw_linear",
+}
+_DECODER_BLOCK_GROUPS = ("gemma_decoder_block", "gemma3_decoder_block")
+
+
+def _read_json(path):
+    from keras_gemma.formats import keras_preset
+
+    return keras_preset.read_json(path)
+
+
+def _class_name(config):
+    return config.get("registered_name") or config.get("class_name")
+
+
+def is_keras_hub_preset(directory):
+    config = _read_json(os.path.join(directory, "config.json"))
+    return _class_name(config) in (GEMMA_REGISTERED_NAME, GEMMA3_REGISTERED_NAME)
+
+
+def backbone_config(directory):
+    """Our `GemmaBackbone` config (without dtype) for a keras-hub preset dir.
+
+    Returns:
+        `(config, stored_dtype)`: the constructor arguments and the dtype
+        policy name keras-hub saved (e.g. "bfloat16"), or None.
+    """
+    stored = _read_json(os.path.join(directory, "config.json"))
+    class_name = _class_name(stored)
+    if class_name not in (GEMMA_REGISTERED_NAME, GEMMA3_REGISTERED_NAME):
+        raise ValueError(
+            f"`config.json` in {directory!r} describes {class_name!r}. Supported keras-hub "
+            f"backbones: {GEMMA_REGISTERED_NAME!r} and {GEMMA3_REGISTERED_NAME!r} (text only)."
+        )
+    hub = stored.get("config", {})
+    is_gemma3 = class_name == GEMMA3_REGISTERED_NAME
+    for flag in ("use_bidirectional_attention", "is_embedding_model"):
+        if hub.get(flag):
+            raise ValueError(
+                f"The keras-hub preset in {directory!r} sets `{flag}=True`; only causal "
+                "text models load into `GemmaBackbone`."
+            )
+    num_layers = hub["num_layers"]
+    num_query_heads = hub["num_query_heads"]
+    hidden_dim = hub["hidden_dim"]
+    head_dim = hub["head_dim"]
+    if hub.get("query_head_dim_normalize", True):
+        query_pre_attn_scalar = head_dim
+    else:
+        query_pre_attn_scalar = hidden_dim // num_query_heads
+
+    sliding = bool(hub.get("use_sliding_window_attention", False))
+    if is_gemma3:
+        layer_types = [
+            SLIDING_ATTENTION if sliding and index % GEMMA3_SLIDING_PATTERN < GEMMA3_SLIDING_PATTERN - 1
+            else FULL_ATTENTION
+            for index in range(num_layers)
+        ]
+        if float(hub.get("local_rope_scaling_factor", 1.0)) != 1.0 and sliding:
+            raise ValueError(
+                "RoPE scaling on sliding-window layers (`local_rope_scaling_factor="
+                f"{hub['local_rope_scaling_factor']}`) is not supported."
+            )
+        rope = {
+            "rope_wavelength": GEMMA3_GLOBAL_ROPE_WAVELENGTH if sliding else GEMMA3_LOCAL_ROPE_WAVELENGTH,
+            "local_rope_wavelength": GEMMA3_LOCAL_ROPE_WAVELENGTH,
+            "rope_scaling_factor": float(
+                hub.get("global_rope_scaling_factor", 1.0) if sliding else hub.get("local_rope_scaling_factor", 1.0)
+            ),
+        }
+        intermediate_dim = hub["intermediate_dim"]
+    else:
+        layer_types = [
+            SLIDING_ATTENTION if sliding and index % 2 == 0 else FULL_ATTENTION for index in range(num_layers)
+        ]
+        rope = {"rope_wavelength": 10_000.0, "local_rope_wavelength": 10_000.0, "rope_scaling_factor": 1.0}
+        intermediate_dim = hub["intermediate_dim"] // 2
+    if is_gemma3 and not sliding and num_layers >= GEMMA3_SLIDING_PATTERN:
+        # keras-hub still gives layers `i % 6 < 5` base 10k and the others 1M.
+        raise ValueError(
+            "This keras-hub Gemma3Backbone has `use_sliding_window_attention=False` and "
+            f"{num_layers} layers: its full-attention layers use two different RoPE bases, "
+            "which `GemmaBackbone` cannot express."
+        )
+    config = {
+        "vocabulary_size": hub["vocabulary_size"],
+        "num_layers": num_layers,
+        "num_query_heads": num_query_heads,
+        "num_key_value_heads": hub["num_key_value_heads"],
+        "hidden_dim": hidden_dim,
+        "intermediate_dim": intermediate_dim,
+        "head_dim": head_dim,
+        "layer_types": layer_types,
+        "sliding_window_size": hub.get("sliding_window_size") if sliding else None,
+        "query_pre_attn_scalar": query_pre_attn_scalar,
+        "attention_logit_soft_cap": hub.get("attention_logit_soft_cap"),
+        "final_logit_soft_cap": hub.get("final_logit_soft_cap"),
+        "use_post_attention_norm": bool(hub.get("use_post_attention_norm", False)),
+        "use_post_ffw_norm": bool(hub.get("use_post_ffw_norm", False)),
+        "use_query_key_norm": is_gemma3 and bool(hub.get("use_query_key_norm", True)),
+        **rope,
+        "layer_norm_epsilon": hub.get("layer_norm_epsilon", 1e-6),
+        "dropout": float(hub.get("dropout", 0.0)),
+    }
+    return config, _dtype_name(hub.get("dtype"))
+
+
+def _dtype_name(dtype):
+    if isinstance(dtype, dict):
+        return dtype.get("config", {}).get("name")
+    return dtype
+
+
+# === Weights ===
+
+
+def _weight_files(directory):
+    single = os.path.join(directory, WEIGHTS_FILE)
+    if os.path.isfile(single):
+        return [single]
+    index = os.path.join(directory, SHARDED_WEIGHTS_CONFIG)
+    if os.path.isfile(index):
+        weight_map = _read_json(index).get("weight_map", {})
+        names = set()
+        for value in weight_map.values():
+            names.update(value if isinstance(value, list) else [value])
+        files = [os.path.join(directory, name) for name in sorted(names)]
+        missing = [path for path in files if not os.path.isfile(path)]
+        if missing:
+            raise FileNotFoundError(f"Weight shards listed in `{index}` are missing: {missing}")
+        return files
+    files = sorted(glob.glob(os.path.join(directory, "model_*.weights.h5")))
+    if files:
+        return files
+    raise FileNotFoundError(
+        f"No weights in keras-hub preset {directory!r}: expected `{WEIGHTS_FILE}` or "
+        f"`{SHARDED_WEIGHTS_CONFIG}` with its shards."
+    )
+
+
+def _our_layer_path(group_path):
+    """`layers/gemma_decoder_block_3/attention/query_dense` -> `decoder_block_3/attention/query`."""
+    parts = group_path.strip("/").split("/")
+    if parts[0] != "layers" or len(parts) < 2:
+        return None
+    top, rest = parts[1], parts[2:]
+    for block in _DECODER_BLOCK_GROUPS:
+        if top == block or top.startswith(block + "_"):
+            suffix = top[len(block) + 1 :]
+            if suffix and not suffix.isdigit():
+                return None
+            top = f"decoder_block_{int(suffix or 0)}"
+            break
+    else:
+        top = _LAYER_NAMES.get(top, top)
+    return "/".join([top] + [_LAYER_NAMES.get(part, part) for part in rest])
+
+
+def read_weights(directory):
+    """`{our layer path: [arrays in variable order]}` from keras-hub's HDF5 file(s)."""
+    import h5py
+
+    arrays = {}
+
+    def visit(name, item):
+        if not isinstance(item, h5py.Group) or not name.endswith("/vars") or not len(item):
+            return
+        layer = _our_layer_path(name[: -len("/vars")])
+        if layer is None:
+            return
+        values = []
+        for index in range(len(item)):
+            dataset = item[str(index)]
+            if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
+                raise ValueError(f"`{name}/{index}` in {directory!r} is not a plain HDF5 dataset.")
+            value = dataset[()]
+            if dataset.attrs.get("dtype") == "bfloat16":
+                import ml_dtypes
+
+                value = np.asarray(value).view(ml_dtypes.bfloat16)
+            values.append(np.asarray(value))
+        arrays.setdefault(layer, values)
+
+    for path in _weight_files(directory):
+        with h5py.File(path, "r") as file:
+            file.visititems(visit)
+    return arrays
+
+
+def assign_weights(backbone, arrays, source):
+    """Assigns keras-hub arrays to `backbone`; every variable must be covered, shapes equal."""
+    used = set()
+    for variable in backbone.weights:
+        layer_path, _ = variable.path.rsplit("/", 1)
+        if layer_path not in arrays or len(arrays[layer_path]) != 1:
+            raise ValueError(
+                f"keras-hub preset {source} has no single weight for `{variable.path}` "
+                f"(found {len(arrays.get(layer_path, []))} under `{layer_path}`)."
+            )
+        array = arrays[layer_path][0]
+        if tuple(array.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"keras-hub weight `{layer_path}` in {source} has shape {tuple(array.shape)}, but "
+                f"`{variable.path}` needs {tuple(variable.shape)}. The weights do not match "
+                "`config.json`."
+            )
+        variable.assign(array)
+        used.add(layer_path)
+    unused = sorted(set(arrays) - used)
+    if unused:
+        raise ValueError(
+            f"keras-hub preset {source} holds weights this text model has no place for: "
+            f"{unused[:5]}{' ...' if len(unused) > 5 else ''} (a vision encoder, LoRA or "
+            "quantized weights are not supported)."
+        )
+
+
+def load_backbone(directory, dtype=None):
+    """A `GemmaBackbone` from a keras-hub Gemma / Gemma 3 preset directory."""
+    from keras_gemma.models.gemma_backbone import GemmaBackbone
+
+    directory = os.fspath(directory)
+    config, stored_dtype = backbone_config(directory)
+    arrays = read_weights(directory)
+    gating = arrays.get("decoder_block_0/feed_forward/ffw_gating")
+    if gating and gating[0].shape[-1] != config["intermediate_dim"]:
+        raise ValueError(
+            f"keras-hub preset {directory!r}: `intermediate_dim` in `config.json` implies FFN "
+            f"branches of width {config['intermediate_dim']}, but the stored gating kernel has "
+            f"{gating[0].shape[-1]}."
+        )
+    backbone = GemmaBackbone(**config, dtype=dtype or stored_dtype)
+    assign_weights(backbone, arrays, repr(directory))
+    return backbone
+
