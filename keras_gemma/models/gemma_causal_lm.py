@@ -209,7 +209,7 @@ class GemmaCausalLM(keras.Model):
     # === Presets ===
 
     @classmethod
-    def from_preset(cls, handle, dtype=None, sequence_length=1024):
+    def from_preset(cls, handle, dtype=None, sequence_length=None):
         """Loads a causal LM and, when the preset has a vocabulary, its preprocessor.
 
         Args:
@@ -218,7 +218,8 @@ class GemmaCausalLM(keras.Model):
                 transformers checkpoint directory, a `.gguf` file, or a
                 `kaggle://` / `hf://` handle.
             dtype: dtype or policy for the weights ("float32", "bfloat16", ...).
-            sequence_length: int. The preprocessor's training sequence length.
+            sequence_length: int. The preprocessor's training sequence length;
+                by default the preset's own (`preprocessor.json`), else 1024.
         """
         from keras_gemma.formats import loader
 
