@@ -32,9 +32,9 @@ def test_quantize_then_generate_and_preset_round_trip(mode, tmp_path):
     causal_lm = tiny_causal_lm()
     expected = to_numpy(causal_lm(INPUTS))
     causal_lm.quantize(mode)
-    kernel = causal_lm.backbone.get_layer("decoder_block_0").attention.query.kernel
-    assert kernel.dtype == "int8"
-    assert causal_lm.backbone.token_embedding.embeddings.dtype == "int8"
+    variables = {v.path: v for v in causal_lm.weights}
+    assert variables["decoder_block_0/attention/query/kernel"].dtype == "int8"  # int4: packed pairs
+    assert variables["token_embedding/embeddings"].dtype == "int8"
     logits = to_numpy(causal_lm(INPUTS))
     mask = INPUTS["padding_mask"].astype(bool)
     agreement = (logits.argmax(-1) == expected.argmax(-1))[mask].mean()
@@ -48,8 +48,8 @@ def test_quantize_then_generate_and_preset_round_trip(mode, tmp_path):
     assert policy["class_name"] == "DTypePolicyMap"
     causal_lm.save_to_preset(tmp_path / "quantized")
     restored = GemmaCausalLM.from_preset(tmp_path / "quantized")
-    restored_kernel = restored.backbone.get_layer("decoder_block_0").attention.query.kernel
-    assert restored_kernel.dtype == "int8"
+    restored_variables = {v.path: v for v in restored.weights}
+    assert restored_variables["decoder_block_0/attention/query/kernel"].dtype == "int8"
     assert weight_bytes(restored) == weight_bytes(causal_lm)
     np.testing.assert_array_equal(to_numpy(restored(INPUTS)), logits)
     restored_generated = restored.generate(INPUTS, max_new_tokens=4, stop_token_ids=None)
