@@ -363,6 +363,13 @@ def _build_config(path, architecture, fields, tensors):
     num_kv_heads = int(arch_value("attention.head_count_kv", num_heads))
     head_dim = int(arch_value("attention.key_length", hidden_size // num_heads))
     embedding_shape = tensors.shapes["model.embed_tokens.weight"]
+    num_tokens = len(fields.get("tokenizer.ggml.tokens", ()))
+    if num_tokens > embedding_shape[0]:
+        raise ValueError(
+            f"GGUF file {path!r} has {num_tokens} vocabulary tokens but its "
+            f"token embedding has only {embedding_shape[0]} rows: the tensor "
+            "does not match the vocabulary."
+        )
 
     attention_scale = arch_value("attention.scale")
     if attention_scale:

@@ -1,5 +1,7 @@
 """Samplers: pick the next token from logits, inside compiled decoding loops."""
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -77,7 +79,8 @@ class Sampler:
 
 
 def _check_positive(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    # `numbers.Real` / `numbers.Integral` take NumPy scalars too (np.float32(0.7)).
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
 
 
@@ -108,9 +111,9 @@ class TopKSampler(Sampler):
 
     def __init__(self, k=5, temperature=1.0, repetition_penalty=1.0):
         super().__init__(temperature, repetition_penalty)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"`k` must be an integer >= 1. Received: k={k!r}")
-        self.k = k
+        self.k = int(k)
 
     def filter_logits(self, logits):
         logits = logits / self.temperature
@@ -135,12 +138,12 @@ class TopPSampler(Sampler):
 
     def __init__(self, p=0.9, k=None, temperature=1.0, repetition_penalty=1.0):
         super().__init__(temperature, repetition_penalty)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
             raise ValueError(f"`p` must be in (0, 1]. Received: p={p!r}")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
             raise ValueError(f"`k` must be None or an integer >= 1. Received: k={k!r}")
         self.p = float(p)
-        self.k = k
+        self.k = None if k is None else int(k)
 
     def filter_logits(self, logits):
         logits = logits / self.temperature
@@ -168,7 +171,7 @@ class MinPSampler(Sampler):
 
     def __init__(self, p=0.05, temperature=1.0, repetition_penalty=1.0):
         super().__init__(temperature, repetition_penalty)
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
             raise ValueError(f"`p` must be in (0, 1]. Received: p={p!r}")
         self.p = float(p)
 
@@ -197,9 +200,9 @@ class BeamSampler:
     uses_seen_tokens = False
 
     def __init__(self, num_beams=4, length_penalty=1.0):
-        if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        if isinstance(num_beams, bool) or not isinstance(num_beams, numbers.Integral) or num_beams < 1:
             raise ValueError(f"`num_beams` must be an integer >= 1. Received: num_beams={num_beams!r}")
-        self.num_beams = num_beams
+        self.num_beams = int(num_beams)
         self.length_penalty = float(length_penalty)
 
     def get_config(self):
