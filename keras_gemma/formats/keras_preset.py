@@ -148,9 +148,28 @@ def load_backbone(directory, dtype=None):
         raise FileNotFoundError(f"Missing `{WEIGHTS_FILE}` in preset {directory!r}.")
     try:
         backbone.load_weights(weights)
+        stored = _stored_variable_count(weights)
     except Exception as error:
         raise ValueError(
             f"Cannot load `{weights}`: {type(error).__name__}: {error}. The file is damaged or "
             "does not match `config.json`."
         ) from None
+    if stored != len(backbone.weights):
+        # `load_weights` ignores weights the model has no place for (a
+        # `config.json` with fewer layers than the file): never half-load.
+        raise ValueError(
+            f"Cannot load `{weights}`: it holds {stored} weights, but the model that "
+            f"`config.json` describes has {len(backbone.weights)}. The file is damaged or "
+            "does not match `config.json`."
+        )
     return backbone
+
+
+def _stored_variable_count(path):
+    """Number of variables (HDF5 datasets) in a `.weights.h5` file."""
+    import h5py
+
+    datasets = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: datasets.append(name) if isinstance(item, h5py.Dataset) else None)
+    return len(datasets)
