@@ -31,7 +31,11 @@ def tiny_causal_lm(family="gemma3", **overrides):
 def test_quantize_then_generate_and_preset_round_trip(mode, tmp_path):
     causal_lm = tiny_causal_lm()
     expected = to_numpy(causal_lm(INPUTS))
+    float32_bytes = weight_bytes(causal_lm)
     causal_lm.quantize(mode)
+    # int8: a byte per weight plus per-channel float32 scales (int4: half a
+    # byte plus per-block scales); norms stay float32.
+    assert weight_bytes(causal_lm) < (0.3 if mode == "int8" else 0.2) * float32_bytes
     variables = {v.path: v for v in causal_lm.weights}
     assert variables["decoder_block_0/attention/query/kernel"].dtype == "int8"  # int4: packed pairs
     assert variables["token_embedding/embeddings"].dtype == "int8"
@@ -52,16 +56,6 @@ def test_quantize_then_generate_and_preset_round_trip(mode, tmp_path):
     assert restored_variables["decoder_block_0/attention/query/kernel"].dtype == "int8"
     assert weight_bytes(restored) == weight_bytes(causal_lm)
     np.testing.assert_array_equal(to_numpy(restored(INPUTS)), logits)
-    restored_generated = restored.generate(INPUTS, max_new_tokens=4, stop_token_ids=None)
-    np.testing.assert_array_equal(restored_generated["token_ids"], generated["token_ids"])
-
-
-def test_int8_halves_bfloat16_weight_memory():
-    causal_lm = tiny_causal_lm(vocabulary_size=2048)
-    float32_bytes = weight_bytes(causal_lm)
-    causal_lm.quantize("int8")
-    # int8 kernels plus per-channel float32 scales; norms stay float32.
-    assert weight_bytes(causal_lm) < 0.3 * float32_bytes
 
 
 def test_lora_on_int8_base_fits():
