@@ -310,15 +310,23 @@ def load_lora_weights(backbone, path):
             f"The adapter in {os.fspath(path)!r} does not match its own metadata: "
             f"missing {missing[:4]}, unexpected {extra[:4]}."
         )
-    if state is None:
-        enable_lora(backbone, rank, alpha=alpha, target_names=names)
+    # Check every shape before enabling anything, so a rejected file leaves
+    # the backbone as it was. Keras' LoRA factors a kernel `(..., out)` into
+    # `a: (..., rank)` and `b: (rank, out)`.
     for key, layer in expected.items():
-        variable = getattr(layer, key.rsplit("/", 1)[1])
-        if tuple(tensors[key].shape) != tuple(variable.shape):
+        part = key.rsplit("/", 1)[1]
+        if state is not None:
+            needed = tuple(getattr(layer, part).shape)
+        else:
+            kernel_shape = tuple(layer.kernel.shape)
+            needed = kernel_shape[:-1] + (rank,) if part == "lora_kernel_a" else (rank, kernel_shape[-1])
+        if tuple(tensors[key].shape) != needed:
             raise ValueError(
                 f"Adapter tensor `{key}` has shape {tuple(tensors[key].shape)}; this backbone needs "
-                f"{tuple(variable.shape)}. The adapter was trained on a different model config."
+                f"{needed}. The adapter was trained on a different model config."
             )
+    if state is None:
+        enable_lora(backbone, rank, alpha=alpha, target_names=names)
     for key, layer in expected.items():
         getattr(layer, key.rsplit("/", 1)[1]).assign(tensors[key])
 

@@ -399,7 +399,7 @@ class TestBadCheckpoints(TestCase):
             hf_format.load_backbone(directory)
         message = str(info.value)
         assert "Tensor `layers.0.mlp.gate_proj.weight`" in message
-        assert "(32, 48)" in message and "(32, 64)" in message
+        assert "(48, 32)" in message and "(64, 32)" in message  # HF [out, in] shapes
 
     def test_missing_tensor_is_named(self, checkpoints, tmp_path):
         from safetensors.numpy import load_file

@@ -239,7 +239,7 @@ class TestGemmaBackbone(TestCase):
             ),
             (
                 {"rope_wavelength": -1.0},
-                "`rope_wavelength` must be a positive number or None. "
+                "`rope_wavelength` must be a finite positive number or None. "
                 "Received: rope_wavelength=-1.0",
             ),
             ({"dropout": 1.0}, "`dropout` must be in [0, 1). Received: dropout=1.0"),

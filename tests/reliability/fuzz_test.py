@@ -113,22 +113,11 @@ ODD_VALUES = st.one_of(
 FIELDS = sorted(tiny_config("gemma3"))
 
 
-def known_open_bug(config):
-    """Inputs of the open validation bugs pinned by the xfail tests below (reported)."""
-    dropout = config["dropout"]
-    if isinstance(dropout, (str, list)) or dropout is None:
-        return True  # `0.0 <= dropout < 1.0` raises TypeError.
-    if not isinstance(config["layer_types"], (list, tuple, str, type(None))):
-        return True  # `list(layer_types)` raises TypeError.
-    return False
-
-
 @FUZZ
 @hypothesis.given(st.dictionaries(st.sampled_from(FIELDS), ODD_VALUES, min_size=1, max_size=3))
 def test_config_validation_raises_only_value_error(overrides):
     config = tiny_config("gemma3", vocabulary_size=64, num_layers=2, layer_types=["sliding_attention", "full_attention"])
     config.update(overrides)
-    hypothesis.assume(not known_open_bug(config))
     try:
         backbone = GemmaBackbone(**config)
     except ValueError as error:
@@ -137,23 +126,17 @@ def test_config_validation_raises_only_value_error(overrides):
     assert backbone.count_params() > 0
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: validate_config compares `dropout` with numbers unchecked: "
-                   "a string or None raises TypeError instead of ValueError")
 @pytest.mark.parametrize("dropout", ["0.1", None])
 def test_non_numeric_dropout_is_a_value_error(dropout):
     with pytest.raises(ValueError, match="dropout"):
         GemmaBackbone(**tiny_config("gemma", dropout=dropout))
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: GemmaBackbone calls list(layer_types) before validation: "
-                   "an int raises TypeError instead of ValueError")
 def test_non_list_layer_types_is_a_value_error():
     with pytest.raises(ValueError, match="layer_types"):
         GemmaBackbone(**tiny_config("gemma", layer_types=5))
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: validate_config accepts NaN and inf for positive float fields "
-                   "(`value <= 0` is False for NaN), and the model then outputs NaN")
 @pytest.mark.parametrize("field", ["layer_norm_epsilon", "query_pre_attn_scalar", "rope_wavelength"])
 def test_non_finite_float_fields_are_rejected(field):
     with pytest.raises(ValueError, match=field):

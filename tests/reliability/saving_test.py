@@ -192,12 +192,6 @@ def test_full_disk_midway_through_save_lora_weights(suffix, saved_adapter_lm, tm
     np.testing.assert_array_equal(logits_of(fresh), expected_logits)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: lora.load_lora_weights enables LoRA on a backbone before checking the "
-    "adapter's tensor shapes, so a rejected file leaves the backbone with LoRA enabled "
-    "(frozen base weights, new zero adapters) although the docstring says a bad file changes nothing",
-)
 def test_rejected_adapter_changes_nothing(saved_adapter_lm, tmp_path):
     lm, _ = saved_adapter_lm
     path = str(tmp_path / "adapter.lora.h5")
