@@ -135,14 +135,19 @@ def backbone_config(directory):
 
 def load_backbone(directory, dtype=None):
     from keras_gemma.models.gemma_backbone import GemmaBackbone
+    from keras_gemma.models.gemma_backbone import weights_loaded_later
 
     config = backbone_config(directory)
     stored_dtype = config.pop("dtype", None)
-    if dtype is None and isinstance(stored_dtype, dict):
+    if isinstance(stored_dtype, dict) and stored_dtype.get("class_name") == "DTypePolicyMap":
+        # A quantized model: its layers must be built quantized before loading.
+        dtype = _quantized_policy_map(stored_dtype, dtype)
+    elif dtype is None and isinstance(stored_dtype, dict):
         stored_dtype = keras.dtype_policies.deserialize(stored_dtype)
     config.pop("name", None)
     config.pop("trainable", None)
-    backbone = GemmaBackbone(**config, dtype=dtype or stored_dtype)
+    with weights_loaded_later():
+        backbone = GemmaBackbone(**config, dtype=dtype or stored_dtype)
     weights = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"Missing `{WEIGHTS_FILE}` in preset {directory!r}.")
@@ -173,3 +178,21 @@ def _stored_variable_count(path):
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, item: datasets.append(name) if isinstance(item, h5py.Dataset) else None)
     return len(datasets)
+
+
+def _quantized_policy_map(stored, dtype):
+    """The stored `DTypePolicyMap`, its float parts switched to `dtype` if given.
+
+    Quantized layers keep their mode (int8, int4); their unquantized
+    computations and the other layers use `dtype` ("float32", "bfloat16").
+    """
+    if dtype is not None:
+        name = keras.dtype_policies.get(dtype).name
+        config = dict(stored["config"])
+        config["default_policy"] = name
+        config["policy_map"] = {
+            path: dict(entry, config=dict(entry["config"], source_name=name))
+            for path, entry in config["policy_map"].items()
+        }
+        stored = dict(stored, config=config)
+    return keras.dtype_policies.deserialize(stored)

@@ -301,15 +301,28 @@ def assign_weights(backbone, get_tensor, source):
     if missing:
         raise ValueError(f"Internal: no transformers weight mapped to {missing}")
     for hf_name, path, conversion in entries:
-        array = to_keras_layout(get_tensor(hf_name), conversion, config)
         variable = variables[path]
-        if tuple(array.shape) != tuple(variable.shape):
+        tensor = get_tensor(hf_name)
+        expected = _transformers_shape(tuple(variable.shape), conversion)
+        if tuple(tensor.shape) != expected:
             raise ValueError(
-                f"Tensor `{hf_name}` in {source} has shape {tuple(array.shape)} after "
-                f"conversion, but the config needs {tuple(variable.shape)} for `{path}`. "
-                "The weights do not match `config.json`."
+                f"Tensor `{hf_name}` in {source} has shape {tuple(tensor.shape)}, but the "
+                f"config needs {expected} (our `{path}`). The weights do not match `config.json`."
             )
-        variable.assign(array)
+        variable.assign(to_keras_layout(tensor, conversion, config))
+
+
+def _transformers_shape(shape, conversion):
+    """The HF `[out, in]` shape of one of our variables' shapes."""
+    if conversion == "copy":
+        return shape
+    if conversion == "transpose":
+        return shape[::-1]
+    if conversion in ("query", "key_value"):
+        heads, hidden, head_dim = shape
+        return (heads * head_dim, hidden)
+    heads, head_dim, hidden = shape  # "output"
+    return (hidden, heads * head_dim)
 
 
 def load_backbone(directory, dtype=None):
@@ -317,7 +330,10 @@ def load_backbone(directory, dtype=None):
     from keras_gemma.models.gemma_backbone import GemmaBackbone
 
     hf_config = read_config(directory)
-    config = backbone_config_from_transformers(hf_config)
+    try:
+        config = backbone_config_from_transformers(hf_config)
+    except ValueError as error:
+        raise ValueError(f"{os.path.join(directory, 'config.json')}: {error}") from None
     reader = SafetensorsReader(directory)
     prefix = _strip_prefix(set(reader.keys()))
     if hf_config.get("model_type") == "gemma3" and prefix == "model.":
@@ -329,7 +345,12 @@ def load_backbone(directory, dtype=None):
             raise ValueError(f"Tensor `{key}` is missing from the checkpoint in {directory!r}.")
         return reader.get(key)
 
-    backbone = GemmaBackbone(**config, dtype=dtype)
+    from keras_gemma.models.gemma_backbone import weights_loaded_later
+
+    # Built in the target dtype, then filled one tensor at a time: a
+    # bfloat16 load never holds a float32 copy of the model.
+    with weights_loaded_later():
+        backbone = GemmaBackbone(**config, dtype=dtype)
     assign_weights(backbone, get_tensor, repr(directory))
     return backbone
 

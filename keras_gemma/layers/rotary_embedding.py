@@ -34,6 +34,9 @@ class RotaryEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.wavelength = wavelength
         self.scaling_factor = scaling_factor
+        # No weights: built from the start (like `keras.layers.Dropout`), so
+        # `Model.quantize` accepts a freshly loaded model.
+        self.built = True
 
     def call(self, inputs, positions):
         head_dim = inputs.shape[-1]

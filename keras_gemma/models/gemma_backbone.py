@@ -1,6 +1,9 @@
 """The Gemma transformer: one class for Gemma 1, 2 and 3, architecture as data."""
 
+import contextlib
 import math
+import numbers
+import threading
 
 import keras
 from keras import ops
@@ -11,6 +14,7 @@ from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.decoder_block import GemmaDecoderBlock
 from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.rms_normalization import RMSNormalization
+from keras_gemma.models import layout_map as layout_map_lib
 
 
 def _check_positive_int(name, value):
@@ -21,9 +25,15 @@ def _check_positive_int(name, value):
 def _check_optional_positive_number(name, value):
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    # `not value > 0` also rejects NaN; infinity is rejected explicitly.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not value > 0
+        or math.isinf(value)
+    ):
         raise ValueError(
-            f"`{name}` must be a positive number or None. Received: {name}={value!r}"
+            f"`{name}` must be a finite positive number or None. Received: {name}={value!r}"
         )
 
 
@@ -76,11 +86,56 @@ def validate_config(config):
         _check_optional_positive_number(name, config[name])
     if config["rope_scaling_factor"] is None:
         raise ValueError("`rope_scaling_factor` must be a positive number. Received: None")
-    if not 0.0 <= config["dropout"] < 1.0:
+    dropout = config["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={config['dropout']!r}")
     for name in ("use_post_attention_norm", "use_post_ffw_norm", "use_query_key_norm"):
         if not isinstance(config[name], bool):
             raise ValueError(f"`{name}` must be a bool. Received: {name}={config[name]!r}")
+
+
+_LOADING = threading.local()
+
+
+@contextlib.contextmanager
+def weights_loaded_later():
+    """Backbones built inside skip the random init of the token embedding.
+
+    For loaders that overwrite every weight right after construction. Drawing
+    Gemma 3's 262k x d embedding from a normal distribution costs seconds and
+    a few float32 copies of it in peak memory (more in bfloat16); zeros cost
+    one allocation in the variable's own dtype.
+    """
+    previous = getattr(_LOADING, "active", False)
+    _LOADING.active = True
+    try:
+        yield
+    finally:
+        _LOADING.active = previous
+
+
+def _layer_policy(layer):
+    """The policy a layer was built with (resolving a `DTypePolicyMap`)."""
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy[layer.path]
+    return policy
+
+
+def _embedding_quantization_kwargs(dtype):
+    """Rebuilds the int4 embedding exactly as `quantize("int4")` left it.
+
+    `quantize("int4")` gives `ReversibleEmbedding` a config without an
+    activation quantizer, while building it int4 from its policy alone adds
+    one to the reverse (logits) path, so a saved int4 model would reload
+    with different logits. Passing the config keeps them identical.
+    """
+    if not isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
+        return {}
+    policy = dtype["token_embedding"]
+    if policy.quantization_mode != "int4":
+        return {}
+    return {"quantization_config": keras.quantizers.Int4QuantizationConfig(block_size=policy.block_size)}
 
 
 def _scale_embeddings(x, hidden_dim):
@@ -164,9 +219,12 @@ class GemmaBackbone(keras.Model):
     ):
         if layer_types is None and isinstance(num_layers, int):
             layer_types = [FULL_ATTENTION] * num_layers
-        if isinstance(layer_types, str):
+        if isinstance(layer_types, str) or not (
+            layer_types is None or isinstance(layer_types, (list, tuple))
+        ):
+            kind = "not a string" if isinstance(layer_types, str) else f"not {type(layer_types).__name__}"
             raise ValueError(
-                "`layer_types` must be a list with one entry per layer, not a string. "
+                f"`layer_types` must be a list with one entry per layer, {kind}. "
                 f"Received: {layer_types!r}"
             )
         config = {
@@ -199,11 +257,16 @@ class GemmaBackbone(keras.Model):
 
         # === Layers ===
         token_embedding = keras.layers.ReversibleEmbedding(
+            **_embedding_quantization_kwargs(dtype),
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
             tie_weights=True,
-            embeddings_initializer=keras.initializers.VarianceScaling(
-                scale=1.0, mode="fan_in", distribution="untruncated_normal", seed=None
+            embeddings_initializer=(
+                "zeros"
+                if getattr(_LOADING, "active", False)
+                else keras.initializers.VarianceScaling(
+                    scale=1.0, mode="fan_in", distribution="untruncated_normal", seed=None
+                )
             ),
             dtype=dtype,
             name="token_embedding",
@@ -308,8 +371,33 @@ class GemmaBackbone(keras.Model):
             "dropout": self.dropout,
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "dtype": keras.dtype_policies.serialize(self._config_dtype_policy()),
         }
+
+    def _config_dtype_policy(self):
+        """The model's policy, as a `DTypePolicyMap` once layers are quantized.
+
+        `Model.quantize` changes the policies of individual layers; recording
+        them by layer path lets `from_config` build those layers quantized
+        (int8 / int4 variables) before `load_weights` fills them, as keras-hub
+        does.
+        """
+        policy = self.dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            policy = policy.default_policy
+        quantized = {}
+        for layer in self._flatten_layers(include_self=False):
+            layer_policy = _layer_policy(layer)
+            if layer_policy.quantization_mode is not None:
+                quantized[layer.path] = layer_policy
+        if not quantized:
+            return policy
+        policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=policy)
+        for path, layer_policy in quantized.items():
+            policy_map[path] = layer_policy
+        return policy_map
+
+    get_layout_map = layout_map_lib.ConfigMethod(layout_map_lib.backbone_layout_map)
 
     @classmethod
     def from_config(cls, config):
