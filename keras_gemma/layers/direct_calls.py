@@ -27,6 +27,15 @@ def direct_layer_calls(enabled=True):
         _STATE.enabled = previous
 
 
+def direct_calls_active():
+    return getattr(_STATE, "enabled", False)
+
+
+def is_plain(layer):
+    """Whether `layer.call` is exactly what `layer(...)` would do here."""
+    return _is_plain(layer)
+
+
 def call_layer(layer, *args, **kwargs):
     """`layer(*args, **kwargs)`, or `layer.call(...)` inside `direct_layer_calls()`."""
     if getattr(_STATE, "enabled", False) and _is_plain(layer):
