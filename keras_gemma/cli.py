@@ -393,7 +393,7 @@ def build_parser():
         "--backend",
         choices=BACKENDS,
         default=None,
-        help="Keras backend (default: $KERAS_BACKEND, else jax)",
+        help="Keras backend (default: $KERAS_BACKEND, else Keras' configured one; without TensorFlow installed, jax then torch)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
