@@ -1,13 +1,17 @@
 """Rotary position embedding (RoPE), half-split layout as in HF Gemma."""
 
 import keras
+import numpy as np
 from keras import ops
 
 
 def rope_inverse_frequencies(head_dim, wavelength):
-    """`1 / wavelength ** (2i / head_dim)` for i in [0, head_dim / 2), float32."""
-    exponents = ops.arange(0, head_dim, 2, dtype="float32") / head_dim
-    return 1.0 / ops.power(ops.cast(wavelength, "float32"), exponents)
+    """`1 / wavelength ** (2i / head_dim)` for i in [0, head_dim / 2), float32.
+
+    A NumPy constant: computed once per trace, not per call of the graph.
+    """
+    exponents = np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)
+    return (np.float32(1.0) / np.power(np.float32(wavelength), exponents)).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
@@ -28,6 +32,9 @@ class RotaryEmbedding(keras.layers.Layer):
 
     Returns:
         The rotated tensor, same shape and dtype as `inputs`.
+
+    `rotation(positions, head_dim)` and `rotate(inputs, rotation)` split the
+    call, so queries and keys at the same positions share one rotation.
     """
 
     def __init__(self, wavelength=10000.0, scaling_factor=1.0, **kwargs):
@@ -39,15 +46,22 @@ class RotaryEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, positions):
-        head_dim = inputs.shape[-1]
+        return self.rotate(inputs, self.rotation(positions, inputs.shape[-1]))
+
+    def rotation(self, positions, head_dim):
+        """`(cos, sin)`, each float32 `[b, t, 1, head_dim]`, for `positions` `[b, t]`."""
         inverse_frequencies = rope_inverse_frequencies(head_dim, self.wavelength)
-        positions = ops.cast(positions, "float32") / self.scaling_factor
-        # (b, t, h/2): the angle of every feature pair at every position.
-        angles = positions[..., None] * inverse_frequencies
-        # (b, t, 1, h): the same angle for both halves, broadcast over heads.
-        angles = ops.concatenate([angles, angles], axis=-1)[:, :, None, :]
-        cos = ops.cos(angles)
-        sin = ops.sin(angles)
+        if self.scaling_factor != 1.0:
+            inverse_frequencies = inverse_frequencies / np.float32(self.scaling_factor)
+        # (h,): the same frequency for both halves.
+        frequencies = ops.convert_to_tensor(np.concatenate([inverse_frequencies] * 2))
+        # (b, t, 1, h): the angle of every feature at every position.
+        angles = ops.cast(positions, "float32")[:, :, None, None] * frequencies
+        return ops.cos(angles), ops.sin(angles)
+
+    def rotate(self, inputs, rotation):
+        """Rotates `inputs` `[b, t, heads, head_dim]` by `rotation(...)`."""
+        cos, sin = rotation
         x = ops.cast(inputs, "float32")
         first_half, second_half = ops.split(x, 2, axis=-1)
         rotated_half = ops.concatenate([-second_half, first_half], axis=-1)

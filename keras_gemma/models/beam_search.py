@@ -20,8 +20,6 @@ NEGATIVE_INFINITY = -1e9
 
 def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad_token_id=0):
     """Returns the best continuation (list of ids, stop token excluded) per prompt."""
-    from keras_gemma.models.compiled_generation import WRITE
-
     if max_new_tokens == 0:
         return [[] for _ in prompts]
     backbone = causal_lm.backbone
@@ -73,12 +71,11 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
         scores, beam_index, tokens = select(scores, log_probs, done)
         return scores, tokens, caches
 
+    forward = generator.decode_step(total_length)
+
     def step(caches, tokens, scores, done, lengths, slot, padding_counts):
-        flat_tokens = ops.reshape(tokens, (-1, 1))
-        hidden, caches = decoding.extend(
-            backbone, caches, flat_tokens, slot, padding_counts, WRITE, total_length
-        )
-        scores, beam_index, new_tokens = select(scores, log_probs_of(hidden), done)
+        logits, caches = forward(caches, ops.reshape(tokens, (-1, 1)), slot, padding_counts)
+        scores, beam_index, new_tokens = select(scores, ops.log_softmax(logits, axis=-1), done)
         caches = tuple((reorder(k, beam_index), reorder(v, beam_index)) for k, v in caches)
         done = ops.take_along_axis(done, beam_index, axis=1)
         lengths = ops.take_along_axis(lengths, beam_index, axis=1)

@@ -135,23 +135,18 @@ class ChatSession:
         return list(self._prompt_tokens)
 
     def _stream_reply(self, result):
-        tokens = []
-        emitted = ""
+        text = generation.IncrementalDetokenizer(self.tokenizer)
         for item in result:
             if isinstance(item, tuple):
                 output, count, self._caches = item
                 self._finish(list(output[0, :count]))
-                text = self.tokenizer.detokenize(tokens) if tokens else ""
-                if len(text) > len(emitted) and text.startswith(emitted):
-                    yield text[len(emitted):]  # Held-back partial bytes.
+                piece = text.flush()
+                if piece:
+                    yield piece
                 return
             token = int(item[0])
             if token in self.stop_token_ids:
                 continue
-            tokens.append(token)
-            text = self.tokenizer.detokenize(tokens)
-            if text.endswith("\ufffd"):
-                continue
-            piece, emitted = text[len(emitted):], text
+            piece = text.add(token)
             if piece:
                 yield piece

@@ -36,14 +36,6 @@ def cache_lengths(backbone, total_length):
     )
 
 
-def cache_bytes(backbone, batch_size, total_length, dtype_size=None):
-    """Bytes of all KV caches for `batch_size` sequences of `total_length`."""
-    if dtype_size is None:
-        dtype_size = 2 if "16" in backbone.dtype_policy.compute_dtype else 4
-    per_slot = 2 * backbone.num_key_value_heads * backbone.head_dim * dtype_size
-    return batch_size * per_slot * sum(cache_lengths(backbone, total_length))
-
-
 def _ring_write(cache, new, start):
     """Writes `new` `[b, n, k, h]` into ring `cache` at slots `start..start+n-1`.
 
@@ -99,10 +91,13 @@ def prefill(backbone, token_ids, padding_mask, total_length, training=False):
     x = backbone.embed(token_ids)
     caches = []
     lengths = cache_lengths(backbone, total_length)
+    masks = {}  # One per window: built once, not once per layer.
     for layer, length in zip(backbone.transformer_layers, lengths):
         is_sliding = layer.layer_type == SLIDING_ATTENTION
         window = backbone.sliding_window_size if is_sliding else None
-        mask = build_attention_mask(slots, slots, padding_mask, window)
+        if window not in masks:
+            masks[window] = build_attention_mask(slots, slots, padding_mask, window)
+        mask = masks[window]
         x, (key, value) = call_layer(
             layer, x, positions=positions, attention_mask=mask, return_key_value=True
         )
@@ -134,19 +129,22 @@ def extend(backbone, caches, token_ids, start, padding_counts, write, total_leng
     ones = ops.ones((token_ids.shape[0], count), dtype="bool")
     x = backbone.embed(token_ids)
     new_caches = []
-    for layer, (key_cache, value_cache) in zip(backbone.transformer_layers, caches):
+    masks = {}  # One per cache kind: built once, not once per layer.
+    lengths = cache_lengths(backbone, total_length)
+    for layer, length, (key_cache, value_cache) in zip(backbone.transformer_layers, lengths, caches):
         is_sliding = layer.layer_type == SLIDING_ATTENTION
         window = backbone.sliding_window_size if is_sliding else None
-        length = key_cache.shape[1]
         is_ring = is_sliding and length < total_length
-        cache_slots = _cache_slots(length, is_ring, start)
-        mask = ops.concatenate(
-            [
-                _cache_mask(cache_slots, query_slots, padding_counts, window),
-                build_attention_mask(query_slots, query_slots, ones, window),
-            ],
-            axis=-1,
-        )
+        if (window, length) not in masks:
+            cache_slots = _cache_slots(length, is_ring, start)
+            masks[window, length] = ops.concatenate(
+                [
+                    _cache_mask(cache_slots, query_slots, padding_counts, window),
+                    build_attention_mask(query_slots, query_slots, ones, window),
+                ],
+                axis=-1,
+            )
+        mask = masks[window, length]
         x, (key, value) = call_layer(
             layer,
             x,

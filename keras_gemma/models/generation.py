@@ -236,39 +236,66 @@ def _stream_text(causal_lm, prompt, token_ids, padding_mask, budget, total_lengt
     """Yields text pieces (or single-token id lists for id inputs) as decoded."""
     if budget == 0:
         return
-    tokenizer = _tokenizer(causal_lm) if is_text_input else None
-    generated = []
-    emitted = ""
-    if tokenizer is not None and not strip_prompt:
-        emitted = tokenizer.detokenize(prompt)
-        yield emitted
-    base = [] if strip_prompt else list(prompt)
+    text = None
+    if is_text_input:
+        text = IncrementalDetokenizer(_tokenizer(causal_lm), prefix=[] if strip_prompt else prompt)
+        if not strip_prompt:
+            yield text.emitted
     for tokens in causal_lm.generator.stream(
         token_ids, padding_mask, budget, total_length, sampler, stops, seed=seed
     ):
         token = int(tokens[0])
         if token in stops:
             break
-        generated.append(token)
-        if tokenizer is None:
+        if text is None:
             yield [token]
             continue
-        text = tokenizer.detokenize(base + generated)
-        # Hold back a piece that ends inside a multi-byte character.
-        if text.endswith("\ufffd"):
-            continue
-        if text.startswith(emitted):
-            piece = text[len(emitted):]
-        else:
-            piece = text[len(_common_prefix(text, emitted)):]
-        emitted = text
+        piece = text.add(token)
         if piece:
             yield piece
-    if tokenizer is not None and generated:
-        # Flush what was held back (a byte sequence that never completed).
-        text = tokenizer.detokenize(base + generated)
-        if len(text) > len(emitted) and text.startswith(emitted):
-            yield text[len(emitted):]
+    if text is not None:
+        piece = text.flush()
+        if piece:
+            yield piece
+
+
+class IncrementalDetokenizer:
+    """Text pieces of a growing token list, for streaming (generate and chat).
+
+    A piece that would end inside a multi-byte character (the detokenized
+    text ends with U+FFFD) is held back until the character completes;
+    `flush()` returns whatever never completed.
+
+    Args:
+        tokenizer: a `GemmaTokenizer`.
+        prefix: token ids whose text counts as already emitted (`emitted`).
+    """
+
+    def __init__(self, tokenizer, prefix=()):
+        self.tokenizer = tokenizer
+        self.tokens = [int(t) for t in prefix]
+        self.emitted = tokenizer.detokenize(self.tokens) if self.tokens else ""
+
+    def add(self, token):
+        """Appends `token`; returns the new text ("" while held back)."""
+        self.tokens.append(int(token))
+        text = self.tokenizer.detokenize(self.tokens)
+        if text.endswith("\ufffd"):
+            return ""
+        if text.startswith(self.emitted):
+            piece = text[len(self.emitted):]
+        else:
+            piece = text[len(_common_prefix(text, self.emitted)):]
+        self.emitted = text
+        return piece
+
+    def flush(self):
+        """The held-back end, if any."""
+        text = self.tokenizer.detokenize(self.tokens) if self.tokens else ""
+        if len(text) > len(self.emitted) and text.startswith(self.emitted):
+            piece, self.emitted = text[len(self.emitted):], text
+            return piece
+        return ""
 
 
 def _common_prefix(a, b):

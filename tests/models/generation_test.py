@@ -110,6 +110,8 @@ def test_greedy_equals_transformers_generate(pair):
         )[0, len(prompt):].tolist()
         output = lm.generate(_ids(prompt), max_new_tokens=12, stop_token_ids=None, strip_prompt=True)
         assert _new_tokens(output) == expected
+    # On PyTorch the decode steps above replayed traces checked against eager.
+    assert lm.generator.eager_fallbacks == 0
 
 
 def test_beam_search_equals_transformers(gemma2_pair):
@@ -155,6 +157,28 @@ def test_stop_token_ends_a_row(gemma2_pair):
     first = free.index(stop)
     stopped = lm.generate(_ids(PROMPTS[0]), max_new_tokens=10, stop_token_ids=[stop], strip_prompt=True)
     assert _new_tokens(stopped) == free[:first]
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="decode-step tracing is the PyTorch path")
+def test_torch_trace_that_reads_a_value_in_python_runs_eagerly(gemma2_pair):
+    import torch
+
+    from keras_gemma.models.compiled_generation import CompiledGenerator
+
+    generator = CompiledGenerator(gemma2_pair[1])
+
+    def reads_slot(x, slot):
+        return (x * int(slot),)  # A trace freezes int(slot) at its first value.
+
+    def honest(x, slot):
+        return (x * slot,)
+
+    x = torch.ones(3)
+    for name, function in (("reads", reads_slot), ("honest", honest)):
+        traced = generator._torch_traced(name, function)
+        assert [float(traced(x, torch.tensor(slot))[0][0]) for slot in (2, 3, 4)] == [2.0, 3.0, 4.0]
+    assert generator.compile_count == 2  # both traced,
+    assert generator.eager_fallbacks == 1  # only the honest trace kept.
 
 
 def test_same_bucket_does_not_recompile(gemma2_pair):
