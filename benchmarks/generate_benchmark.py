@@ -10,7 +10,10 @@ transformers load that export. One process per backend:
 Reported per backend: first call (compile included), median warm latency of
 32 new tokens after the 6-token prompt at batch 1 and batch 8, a 1,000-token
 prompt + 16 new tokens, peak RSS, and the ratio ours / peer (< 1 is faster).
-Warm-up runs are excluded; the median of `--runs` runs is reported.
+Warm-up runs are excluded; the median of `--runs` runs is reported. All
+libraries are loaded in the one process and their timed runs alternate
+(ours, keras-hub, HF, ours, ...), so a machine whose speed drifts (a shared
+VM's memory bandwidth moved by 25% within minutes here) weighs on each alike.
 """
 
 import argparse
@@ -33,20 +36,28 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(function, runs):
-    function()  # warm-up (compiles)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def first_call(function):
     start = time.perf_counter()
     result = function()
     return time.perf_counter() - start, result
+
+
+def interleaved_medians(cases, runs):
+    """`{library: seconds}`: median of `runs` calls, the libraries taking turns.
+
+    Each library warms up first; then run i of every library happens before
+    run i + 1 of any, so a machine that slows down (shared memory bandwidth,
+    other tenants) slows every library alike.
+    """
+    for function in cases.values():
+        function()
+    times = {library: [] for library in cases}
+    for _ in range(runs):
+        for library, function in cases.items():
+            start = time.perf_counter()
+            function()
+            times[library].append(time.perf_counter() - start)
+    return {library: statistics.median(values) for library, values in times.items()}
 
 
 def ensure_export(ours):
@@ -56,95 +67,94 @@ def ensure_export(ours):
 
 
 def long_prompt(tokenizer):
-    words = ("The history of the city is long and its people have built many bridges over the river. " * 200)
+    words = " ".join(f"word{i} is followed by" for i in range(LONG_PROMPT_TOKENS))
     ids = tokenizer.tokenize(words)[: LONG_PROMPT_TOKENS - 1]
     return tokenizer.detokenize(ids)
 
 
-def bench_ours(runs, dtype):
+def ours_cases(dtype):
+    """Loads keras_gemma; returns `(runner, prompt_tokens, long_text, export_dir)`."""
     import keras_gemma
 
     lm = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m", dtype=dtype)
     tokenizer = lm.preprocessor.tokenizer
-    results = {"prompt_tokens": 1 + len(tokenizer.tokenize(PROMPT))}
-    kwargs = dict(max_new_tokens=NEW_TOKENS, stop_token_ids=None)
-    results["first_call_s"], text = first_call(lambda: lm.generate(PROMPT, **kwargs))
-    results["text"] = text
-    results["batch1_s"] = timed(lambda: lm.generate(PROMPT, **kwargs), runs)
-    results["batch8_s"] = timed(lambda: lm.generate([PROMPT] * 8, **kwargs), runs)
     long_text = long_prompt(tokenizer)
-    results["long_s"] = timed(
-        lambda: lm.generate(long_text, max_new_tokens=LONG_NEW_TOKENS, stop_token_ids=None), max(1, runs // 2)
-    )
-    results["peak_rss_mb"] = peak_rss_mb()
-    return lm, results, long_text
+    export_dir = ensure_export(lm) if dtype == "float32" else EXPORT_DIR
+
+    def run(prompts, new_tokens=NEW_TOKENS):
+        return lm.generate(prompts, max_new_tokens=new_tokens, stop_token_ids=None)
+
+    return run, 1 + len(tokenizer.tokenize(PROMPT)), long_text, export_dir
 
 
-def bench_keras_hub(export_dir, runs, prompt_tokens, long_text, dtype):
+def keras_hub_runner(export_dir, prompt_tokens, dtype):
     import keras_hub
 
     lm = keras_hub.models.Gemma3CausalLM.from_preset(export_dir, dtype=dtype)
     lm.compile(sampler="greedy")
-    length = prompt_tokens + NEW_TOKENS
 
-    def run(prompts):
+    def run(prompts, new_tokens=NEW_TOKENS):
+        length = (LONG_PROMPT_TOKENS if new_tokens == LONG_NEW_TOKENS else prompt_tokens) + new_tokens
         return lm.generate(prompts, max_length=length, stop_token_ids=None)
 
-    results = {}
-    results["first_call_s"], text = first_call(lambda: run(PROMPT))
-    results["text"] = text
-    results["batch1_s"] = timed(lambda: run(PROMPT), runs)
-    results["batch8_s"] = timed(lambda: run([PROMPT] * 8), runs)
-    results["long_s"] = timed(
-        lambda: lm.generate(long_text, max_length=LONG_PROMPT_TOKENS + LONG_NEW_TOKENS, stop_token_ids=None),
-        max(1, runs // 2),
-    )
-    results["peak_rss_mb"] = peak_rss_mb()
-    return results
+    return run
 
 
-def bench_transformers(export_dir, runs, long_text, dtype):
+def transformers_runner(export_dir, dtype):
     import torch
     import transformers
 
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch_dtype).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
+    tokenizer.padding_side = "left"
 
     def run(prompts, new_tokens=NEW_TOKENS):
+        prompts = [prompts] if isinstance(prompts, str) else prompts
         batch = tokenizer(prompts, return_tensors="pt", padding=True)
         with torch.inference_mode():
             output = model.generate(
                 **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
             )
-        return tokenizer.batch_decode(output, skip_special_tokens=True)
+        texts = tokenizer.batch_decode(output, skip_special_tokens=True)
+        return texts[0] if len(texts) == 1 else texts
 
-    tokenizer.padding_side = "left"
-    results = {}
-    results["first_call_s"], text = first_call(lambda: run([PROMPT]))
-    results["text"] = text[0]
-    results["batch1_s"] = timed(lambda: run([PROMPT]), runs)
-    results["batch8_s"] = timed(lambda: run([PROMPT] * 8), runs)
-    results["long_s"] = timed(lambda: run([long_text], LONG_NEW_TOKENS), max(1, runs // 2))
-    results["peak_rss_mb"] = peak_rss_mb()
-    return results
+    return run
 
 
 def one_backend(args):
     import keras
 
     backend = keras.config.backend()
-    lm, ours, long_text = bench_ours(args.runs, args.dtype)
-    export_dir = ensure_export(lm) if args.dtype == "float32" else EXPORT_DIR
-    del lm
-    peers = {}
+    ours, prompt_tokens, long_text, export_dir = ours_cases(args.dtype)
+    runners = {"keras_gemma": ours}
+    results = {"keras_gemma": {"prompt_tokens": prompt_tokens}}
+    results["keras_gemma"]["first_call_s"], results["keras_gemma"]["text"] = first_call(lambda: ours(PROMPT))
+    results["keras_gemma"]["peak_rss_mb_after_load"] = peak_rss_mb()
+    peers = []
     if not args.skip_keras_hub:
-        peers["keras-hub 0.32"] = bench_keras_hub(export_dir, args.runs, ours["prompt_tokens"], long_text, args.dtype)
+        peers.append(("keras-hub 0.32", lambda: keras_hub_runner(export_dir, prompt_tokens, args.dtype)))
     if backend == "torch" and not args.skip_transformers:
         import transformers
 
-        peers[f"transformers {transformers.__version__}"] = bench_transformers(export_dir, args.runs, long_text, args.dtype)
-    print(json.dumps({"backend": backend, "dtype": args.dtype, "ours": ours, "peers": peers}))
+        peers.append((f"transformers {transformers.__version__}", lambda: transformers_runner(export_dir, args.dtype)))
+    for name, load in peers:
+        runners[name] = load()
+        results[name] = {}
+        results[name]["first_call_s"], results[name]["text"] = first_call(lambda: runners[name](PROMPT))
+    cases = {
+        "batch1_s": lambda run: run(PROMPT),
+        "batch8_s": lambda run: run([PROMPT] * 8),
+        "long_s": lambda run: run(long_text, LONG_NEW_TOKENS),
+    }
+    for metric, case in cases.items():
+        runs = args.runs if metric != "long_s" else max(1, args.runs // 2)
+        medians = interleaved_medians({name: (lambda run=run: case(run)) for name, run in runners.items()}, runs)
+        for name, seconds in medians.items():
+            results[name][metric] = seconds
+    results["keras_gemma"]["peak_rss_mb"] = peak_rss_mb()
+    ours_result = results.pop("keras_gemma")
+    print(json.dumps({"backend": backend, "dtype": args.dtype, "ours": ours_result, "peers": results}))
 
 
 def table(results):
