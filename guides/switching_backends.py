@@ -98,9 +98,10 @@ print("next token:", repr(gemma_lm.preprocessor.tokenizer.detokenize([next_token
 
 """
 `generate` is compiled on every backend: the JAX path jits the whole decoding
-loop, TensorFlow uses `tf.function(jit_compile=True)` and PyTorch removes the
-per-step Python overhead. The first call with a new shape bucket compiles;
-later calls with shapes in the same bucket reuse it.
+loop, TensorFlow uses `tf.function(jit_compile=True)` and PyTorch records one
+decode step with `torch.jit.trace` and replays it (no per-op Python). The first
+call with a new shape bucket compiles (or traces); later calls with shapes in
+the same bucket reuse it.
 
 ## Move a preset between backends
 

@@ -11,24 +11,18 @@ and computes in its variables' dtype (no autocasting needed). Anything else
 still goes through `__call__`.
 """
 
-import contextlib
-import threading
+from keras_gemma._thread_flag import ThreadFlag
 
-_STATE = threading.local()
+_DIRECT = ThreadFlag()
 
 
-@contextlib.contextmanager
 def direct_layer_calls(enabled=True):
-    previous = getattr(_STATE, "enabled", False)
-    _STATE.enabled = enabled
-    try:
-        yield
-    finally:
-        _STATE.enabled = previous
+    """Context manager: built sublayers are called directly in this thread."""
+    return _DIRECT.on(enabled)
 
 
 def direct_calls_active():
-    return getattr(_STATE, "enabled", False)
+    return _DIRECT.active
 
 
 def is_plain(layer):
@@ -38,7 +32,7 @@ def is_plain(layer):
 
 def call_layer(layer, *args, **kwargs):
     """`layer(*args, **kwargs)`, or `layer.call(...)` inside `direct_layer_calls()`."""
-    if getattr(_STATE, "enabled", False) and _is_plain(layer):
+    if _DIRECT.active and _is_plain(layer):
         return layer.call(*args, **kwargs)
     return layer(*args, **kwargs)
 

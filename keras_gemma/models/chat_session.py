@@ -69,10 +69,7 @@ class ChatSession:
         """
         if not isinstance(message, str):
             raise TypeError(f"`message` must be a string. Received: {type(message).__name__}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-            raise ValueError(
-                f"`max_new_tokens` must be an integer >= 1. Received: max_new_tokens={max_new_tokens!r}"
-            )
+        generation.check_token_count("max_new_tokens", max_new_tokens, minimum=1)
         if self._caches is None:
             new_tokens = self.tokenizer.apply_chat_template([{"role": "user", "content": message}])
         else:

@@ -14,7 +14,7 @@ written:
 - PyTorch: the loop runs eagerly under `torch.inference_mode()`, with caches
   preallocated once and written in place (`index_copy_`): no per-token copy
   or allocation of the caches. The model's part of a decode step (`next_logits`:
-  ~4,000 tensor ops for Gemma 3 270M) is recorded once per shape with
+  thousands of tensor ops) is recorded once per shape with
   `torch.jit.trace`, variables passed as inputs, and replayed by TorchScript's
   C++ interpreter: Python and `keras.ops` dispatch cost ~35 ms per token on a
   2-core CPU, about as much as the arithmetic. See `_torch_traced`.
@@ -413,16 +413,16 @@ class CompiledGenerator:
         prefill_function = self._compiled("stream_prefill", key, prefill)
         step_function = self._compiled("stream_step", key, step)
         state = prefill_function(_tensor(token_ids), _tensor(padding_mask), rng)
-        yield from self._yield_steps(state, step_function, max_new_tokens, rng)
+        yield from self._step_tokens(state, step_function, max_new_tokens, rng)
 
-    def _yield_steps(self, state, step_function, max_new_tokens, rng):
+    def _step_tokens(self, state, step_function, max_new_tokens, rng):
+        """Yields each step's tokens `[b]`; returns the last state."""
         for _ in range(max_new_tokens):
-            tokens = ops.convert_to_numpy(state[TOKEN])
-            yield tokens
-            done = ops.convert_to_numpy(state[DONE])
-            if done.all() or int(ops.convert_to_numpy(state[STEP])) >= max_new_tokens:
-                return
+            yield ops.convert_to_numpy(state[TOKEN])
+            if ops.convert_to_numpy(state[DONE]).all() or int(ops.convert_to_numpy(state[STEP])) >= max_new_tokens:
+                break
             state = step_function(state, rng)
+        return state
 
     # === Chat: caches kept across calls ===
 
@@ -496,11 +496,7 @@ class CompiledGenerator:
         return self._chat_stream(state, self._compiled("chat_step", key, step), max_new_tokens, rng)
 
     def _chat_stream(self, state, step_function, max_new_tokens, rng):
-        for _ in range(max_new_tokens):
-            yield ops.convert_to_numpy(state[TOKEN])
-            if ops.convert_to_numpy(state[DONE]).all() or int(ops.convert_to_numpy(state[STEP])) >= max_new_tokens:
-                break
-            state = step_function(state, rng)
+        state = yield from self._step_tokens(state, step_function, max_new_tokens, rng)
         yield ops.convert_to_numpy(state[OUTPUT]), int(ops.convert_to_numpy(state[STEP])), state[CACHES]
 
 

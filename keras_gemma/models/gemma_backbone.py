@@ -1,13 +1,12 @@
 """The Gemma transformer: one class for Gemma 1, 2 and 3, architecture as data."""
 
-import contextlib
 import math
 import numbers
-import threading
 
 import keras
 from keras import ops
 
+from keras_gemma._thread_flag import ThreadFlag
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
 from keras_gemma.layers.decoder_block import LAYER_TYPES
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
@@ -94,10 +93,9 @@ def validate_config(config):
             raise ValueError(f"`{name}` must be a bool. Received: {name}={config[name]!r}")
 
 
-_LOADING = threading.local()
+_LOADING = ThreadFlag()
 
 
-@contextlib.contextmanager
 def weights_loaded_later():
     """Backbones built inside skip the random init of the token embedding.
 
@@ -106,12 +104,7 @@ def weights_loaded_later():
     a few float32 copies of it in peak memory (more in bfloat16); zeros cost
     one allocation in the variable's own dtype.
     """
-    previous = getattr(_LOADING, "active", False)
-    _LOADING.active = True
-    try:
-        yield
-    finally:
-        _LOADING.active = previous
+    return _LOADING.on()
 
 
 def _layer_policy(layer):
@@ -263,7 +256,7 @@ class GemmaBackbone(keras.Model):
             tie_weights=True,
             embeddings_initializer=(
                 "zeros"
-                if getattr(_LOADING, "active", False)
+                if _LOADING.active
                 else keras.initializers.VarianceScaling(
                     scale=1.0, mode="fan_in", distribution="untruncated_normal", seed=None
                 )

@@ -137,11 +137,17 @@ def left_pad(prompts, length, pad_token_id=0):
     return token_ids, padding_mask
 
 
+def check_token_count(name, value, minimum=0):
+    """Raises unless `value` is an int (Python or NumPy, not bool) >= `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+
+
 def new_token_budget(prompts, max_length, max_new_tokens):
     longest = max(len(p) for p in prompts)
     for name, value in (("max_length", max_length), ("max_new_tokens", max_new_tokens)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
-            raise ValueError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}")
+        if value is not None:
+            check_token_count(name, value)
     budget = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None and max_length is None else None
     if max_new_tokens is not None:
         budget = int(max_new_tokens)

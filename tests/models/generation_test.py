@@ -309,3 +309,18 @@ def test_generate_rejects_bad_input(gemma2_pair):
     with pytest.raises(ValueError, match="has token ids outside"):
         lm.generate(_ids([2, 99999]), max_new_tokens=2)
     assert _new_tokens(lm.generate(_ids(PROMPTS[0]), max_new_tokens=0)) == PROMPTS[0]
+
+
+def test_stream_pieces_hold_back_a_split_multibyte_character(tmp_path):
+    from keras_gemma.models.generation import IncrementalDetokenizer
+
+    tokenizer = GemmaTokenizer(build_tiny_vocabulary(str(tmp_path)))
+    first, second = tokenizer.token_to_id("<0xC3>"), tokenizer.token_to_id("<0xA9>")  # "é" in UTF-8
+    text = IncrementalDetokenizer(tokenizer, prefix=tokenizer.tokenize("The cat"))
+    assert text.emitted == "The cat"
+    assert text.add(first) == ""  # Half a character: held back.
+    assert text.add(second) == "é"
+    assert text.flush() == ""
+    text.add(first)  # A character that never completes is flushed at the end.
+    assert text.flush() == tokenizer.detokenize(text.tokens)[len("The caté"):]
+    assert text.flush() == ""
