@@ -6,6 +6,7 @@ transformers load that export. One process per backend:
 
     python benchmarks/generate_benchmark.py              # all three backends
     python benchmarks/generate_benchmark.py --backend jax --runs 5
+    python benchmarks/generate_benchmark.py --model gemma_2b_random --dtype bfloat16   # on a GPU
 
 Reported per backend: first call (compile included), median warm latency of
 32 new tokens after the 6-token prompt at batch 1 and batch 8, a 1,000-token
@@ -157,6 +158,89 @@ def one_backend(args):
     print(json.dumps({"backend": backend, "dtype": args.dtype, "ours": ours_result, "peers": results}))
 
 
+def random_2b_tokens_per_s(args):
+    """Gemma 1 2B shapes, random weights: prompt 32 + 128 new tokens, batch 1.
+
+    For a GPU (issue 7's GPU targets); `--layers` shrinks the depth for a CPU
+    smoke run. Ours builds the backbone from `preset_config("gemma_2b_en")`;
+    keras-hub's `GemmaBackbone` and (PyTorch) transformers load our export of
+    the same weights. Reports tokens/s = 128 / median seconds per call.
+    """
+    import keras
+    import numpy as np
+
+    import keras_gemma
+
+    backend = keras.config.backend()
+    config = dict(keras_gemma.preset_config("gemma_2b_en"))
+    if args.layers:
+        config["num_layers"] = args.layers
+        config["layer_types"] = config["layer_types"][: args.layers]
+    keras.utils.set_random_seed(0)
+    backbone = keras_gemma.GemmaBackbone(**config, dtype=args.dtype)
+    lm = keras_gemma.GemmaCausalLM(backbone)
+    prompt_length, new_tokens = 32, 128
+    ids = np.random.default_rng(0).integers(3, config["vocabulary_size"], (1, prompt_length)).astype("int32")
+    inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    export_dir = os.path.join(os.path.dirname(EXPORT_DIR), f"gemma_2b_random_{config['num_layers']}_{args.dtype}")
+    if not os.path.isfile(os.path.join(export_dir, "config.json")):
+        lm.export_to_transformers(export_dir)
+
+    def ours():
+        return lm.generate(inputs, max_new_tokens=new_tokens, stop_token_ids=None, strip_prompt=True)
+
+    runners = {"keras_gemma": ours}
+    if not args.skip_keras_hub:
+        import keras_hub
+
+        hub_backbone = keras_hub.models.GemmaBackbone.from_preset(export_dir, dtype=args.dtype)
+        hub = keras_hub.models.GemmaCausalLM(backbone=hub_backbone, preprocessor=None)
+        hub.compile(sampler="greedy")
+        hub_inputs = {"token_ids": np.pad(ids, [[0, 0], [0, new_tokens]]),
+                      "padding_mask": np.pad(np.ones_like(ids), [[0, 0], [0, new_tokens]])}
+        runners["keras-hub 0.32"] = lambda: hub.generate(hub_inputs, stop_token_ids=None)
+    if backend == "torch" and not args.skip_transformers:
+        import torch
+        import transformers
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+        model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch_dtype).to(device).eval()
+        hf_ids = torch.tensor(ids, device=device)
+
+        def hf():
+            with torch.inference_mode():
+                return model.generate(hf_ids, attention_mask=torch.ones_like(hf_ids), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False)
+
+        runners[f"transformers {transformers.__version__} (eager)"] = hf
+    results = {}
+    for name, function in runners.items():
+        results[name] = {"first_call_s": first_call(function)[0]}
+    for name, seconds in interleaved_medians(runners, args.runs).items():
+        results[name]["call_s"] = seconds
+        results[name]["tokens_per_s"] = new_tokens / seconds
+    print(json.dumps({"backend": backend, "dtype": args.dtype, "model": "gemma_2b_random",
+                      "layers": config["num_layers"], "device": device_name(backend), "results": results}))
+
+
+def device_name(backend):
+    """The accelerator the backend computes on, or "cpu"."""
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return getattr(device, "device_kind", str(device))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "cpu"
+
+
 def table(results):
     lines = [
         "| backend | metric | keras_gemma | peer | peer time | ours / peer |",
@@ -181,14 +265,22 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip-keras-hub", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--model", default="gemma3_270m", choices=["gemma3_270m", "gemma_2b_random"],
+                        help="gemma_2b_random: Gemma 1 2B shapes, random weights, prompt 32 + 128 (for a GPU)")
+    parser.add_argument("--layers", type=int, help="gemma_2b_random only: fewer layers, for a smoke run")
     args = parser.parse_args()
+    if args.backend and args.model == "gemma_2b_random":
+        random_2b_tokens_per_s(args)
+        return
     if args.backend:
         one_backend(args)
         return
     results = []
     for backend in ("jax", "tensorflow", "torch"):
         command = [sys.executable, __file__, "--backend", backend, "--runs", str(args.runs), "--dtype", args.dtype]
+        command += ["--model", args.model] + (["--layers", str(args.layers)] if args.layers else [])
         command += ["--skip-keras-hub"] if args.skip_keras_hub else []
+        command += ["--skip-transformers"] if args.skip_transformers else []
         environment = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         output = subprocess.run(command, env=environment, capture_output=True, text=True)
         lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
@@ -198,7 +290,8 @@ def main():
         result = json.loads(lines[-1])
         results.append(result)
         print(json.dumps(result), flush=True)
-    print(table(results))
+    if args.model == "gemma3_270m":
+        print(table(results))
 
 
 if __name__ == "__main__":
