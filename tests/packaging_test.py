@@ -1,0 +1,106 @@
+"""The declared dependencies are enough to load and run a model.
+
+The test environment holds many packages that users' environments do not
+(TensorFlow, transformers, protobuf through them). A child process here may
+import only the standard library and the distributions that
+`keras-gemma[<this backend>]` requires, recursively; everything else fails to
+import, as in a fresh virtual environment.
+"""
+
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import keras
+
+from keras_gemma.testing.gguf_files import write_tiny_gguf
+
+BACKEND_EXTRAS = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
+
+
+def _requirement_names(distribution, extras):
+    names = []
+    for requirement in importlib.metadata.distribution(distribution).requires or []:
+        spec, _, marker = requirement.partition(";")
+        wanted = re.findall(r"extra\s*==\s*[\"']([^\"']+)[\"']", marker)
+        if "extra" in marker and not set(wanted) & set(extras):
+            continue
+        name = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*(\[([^\]]*)\])?", spec)
+        sub_extras = [e.strip() for e in (name.group(3) or "").split(",") if e.strip()]
+        names.append((name.group(1), sub_extras))
+    return names
+
+
+def _declared_modules(extras):
+    """Top-level module names of keras-gemma[extras]'s dependency closure."""
+    seen, pending = set(), [("keras-gemma", list(extras))]
+    while pending:
+        name, sub_extras = pending.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if (key, tuple(sub_extras)) in seen:
+            continue
+        seen.add((key, tuple(sub_extras)))
+        try:
+            pending.extend(_requirement_names(name, sub_extras))
+        except importlib.metadata.PackageNotFoundError:
+            continue  # Not installed here (e.g. a platform-only dependency).
+    distributions = {key for key, _ in seen}
+    modules = set()
+    for module, owners in importlib.metadata.packages_distributions().items():
+        if any(re.sub(r"[-_.]+", "-", owner).lower() in distributions for owner in owners):
+            modules.add(module)
+    return modules
+
+
+CHILD = textwrap.dedent(
+    """
+    import importlib.abc, importlib.machinery, json, sys
+
+    allowed = set(json.loads(sys.argv[1])) | set(sys.stdlib_module_names) | {"keras_gemma", "__main__"}
+    blocked = []
+
+    class Declared(importlib.abc.MetaPathFinder):
+        # Wraps a finder: undeclared top-level modules are not found at all.
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def find_spec(self, name, path=None, target=None):
+            top = name.partition(".")[0]
+            if top not in allowed and not top.startswith("_"):
+                blocked.append(top)
+                return None
+            find = getattr(self.inner, "find_spec", None)
+            return find(name, path, target) if find else None
+
+        def invalidate_caches(self):
+            if hasattr(self.inner, "invalidate_caches"):
+                self.inner.invalidate_caches()
+
+    sys.meta_path[:] = [Declared(finder) for finder in sys.meta_path]
+    import keras_gemma
+
+    lm = keras_gemma.GemmaCausalLM.from_preset(sys.argv[2])
+    print("OUTPUT=" + json.dumps(lm.generate("ab", max_new_tokens=3, stop_token_ids=None)))
+    print("BLOCKED=" + json.dumps(sorted(set(blocked))))
+    """
+)
+
+
+def test_gguf_load_and_generate_need_only_declared_dependencies(tmp_path):
+    backend = keras.config.backend()
+    path = str(tmp_path / "tiny.gguf")
+    write_tiny_gguf(path, "gemma2", extra={"attention.sliding_window": 16})
+    allowed = _declared_modules([BACKEND_EXTRAS[backend]])
+    environment = dict(os.environ, KERAS_BACKEND=backend, HOME=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(sorted(allowed)), path],
+        env=environment, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = [line for line in result.stdout.splitlines() if line.startswith("OUTPUT=")]
+    assert json.loads(output[0][7:]).startswith("ab")
