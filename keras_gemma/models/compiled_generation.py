@@ -83,17 +83,12 @@ class DecodeLoop:
         capacity: length of the output buffer (max new tokens per call).
         pad_token_id: written after a row has stopped.
         forward: `next_logits` for these caches, as
-            `forward(caches, tokens, slot, padding_counts)`; by default the
-            plain function (what JAX and TensorFlow compile).
+            `forward(caches, tokens, slot, padding_counts)`
+            (`CompiledGenerator.decode_step`).
     """
 
-    def __init__(self, causal_lm, sampler, stop_token_ids, total_length, capacity, pad_token_id=0, forward=None):
+    def __init__(self, causal_lm, sampler, stop_token_ids, total_length, capacity, forward, pad_token_id=0):
         self.backbone = causal_lm.backbone
-        if forward is None:
-
-            def forward(caches, tokens, slot, padding_counts):
-                return next_logits(self.backbone, caches, tokens, slot, padding_counts, total_length)
-
         self.forward = forward
         self.sampler = sampler
         self.stop_token_ids = tuple(int(i) for i in stop_token_ids)
@@ -372,8 +367,8 @@ class CompiledGenerator:
             stop_token_ids,
             total_length,
             capacity,
+            self.decode_step(total_length),
             pad_token_id,
-            forward=self.decode_step(total_length),
         )
 
     # === Entry points ===
