@@ -242,7 +242,7 @@ class CompiledGenerator:
         elif BACKEND == "tensorflow":
             import tensorflow as tf
 
-            compiled = tf.function(function, jit_compile=True, reduce_retracing=True)
+            compiled = tf.function(function, jit_compile=True, reduce_retracing=True, autograph=False)
             self.compile_count += 1
         else:
             import torch
