@@ -272,6 +272,7 @@ def assign_weights(backbone, arrays, source):
 
 def load_backbone(directory, dtype=None):
     """A `GemmaBackbone` from a keras-hub Gemma / Gemma 3 preset directory."""
+    from keras_gemma.layers.initial_weights import weights_loaded_later
     from keras_gemma.models.gemma_backbone import GemmaBackbone
 
     directory = os.fspath(directory)
@@ -284,7 +285,8 @@ def load_backbone(directory, dtype=None):
             f"branches of width {config['intermediate_dim']}, but the stored gating kernel has "
             f"{gating[0].shape[-1]}."
         )
-    backbone = GemmaBackbone(**config, dtype=dtype or stored_dtype)
+    with weights_loaded_later():  # `assign_weights` covers every variable.
+        backbone = GemmaBackbone(**config, dtype=dtype or stored_dtype)
     assign_weights(backbone, arrays, repr(directory))
     return backbone
 

@@ -345,7 +345,7 @@ def load_backbone(directory, dtype=None):
             raise ValueError(f"Tensor `{key}` is missing from the checkpoint in {directory!r}.")
         return reader.get(key)
 
-    from keras_gemma.models.gemma_backbone import weights_loaded_later
+    from keras_gemma.layers.initial_weights import weights_loaded_later
 
     # Built in the target dtype, then filled one tensor at a time: a
     # bfloat16 load never holds a float32 copy of the model.

@@ -11,6 +11,7 @@ from keras import ops
 from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.direct_calls import direct_calls_active
 from keras_gemma.layers.direct_calls import is_plain
+from keras_gemma.layers.initial_weights import initializer
 from keras_gemma.layers.rms_normalization import RMSNormalization
 from keras_gemma.layers.rotary_embedding import RotaryEmbedding
 
@@ -130,18 +131,21 @@ class GemmaAttention(keras.layers.Layer):
             "btd,ndh->btnh",
             output_shape=(None, num_query_heads, head_dim),
             name="query",
+            kernel_initializer=initializer("glorot_uniform"),
             dtype=policy,
         )
         self.key = keras.layers.EinsumDense(
             "bsd,kdh->bskh",
             output_shape=(None, num_key_value_heads, head_dim),
             name="key",
+            kernel_initializer=initializer("glorot_uniform"),
             dtype=policy,
         )
         self.value = keras.layers.EinsumDense(
             "bsd,kdh->bskh",
             output_shape=(None, num_key_value_heads, head_dim),
             name="value",
+            kernel_initializer=initializer("glorot_uniform"),
             dtype=policy,
         )
         if use_query_key_norm:
@@ -166,6 +170,7 @@ class GemmaAttention(keras.layers.Layer):
             "btnh,nhd->btd",
             output_shape=(None, hidden_dim),
             name="attention_output",
+            kernel_initializer=initializer("glorot_uniform"),
             dtype=self.dtype_policy,
         )
         self.attention_output.build(

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_gemma.layers.direct_calls import call_layer
+from keras_gemma.layers.initial_weights import initializer
 
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
@@ -29,7 +30,11 @@ class GatedFeedForward(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
-        dense_kwargs = {"dtype": self.dtype_policy, "use_bias": False}
+        dense_kwargs = {
+            "dtype": self.dtype_policy,
+            "use_bias": False,
+            "kernel_initializer": initializer("glorot_uniform"),
+        }
         self.ffw_gating = keras.layers.Dense(
             intermediate_dim, name="ffw_gating", **dense_kwargs
         )

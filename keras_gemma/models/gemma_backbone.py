@@ -6,12 +6,12 @@ import numbers
 import keras
 from keras import ops
 
-from keras_gemma._thread_flag import ThreadFlag
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
 from keras_gemma.layers.decoder_block import LAYER_TYPES
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.decoder_block import GemmaDecoderBlock
 from keras_gemma.layers.direct_calls import call_layer
+from keras_gemma.layers.initial_weights import initializer
 from keras_gemma.layers.rms_normalization import RMSNormalization
 from keras_gemma.models import layout_map as layout_map_lib
 
@@ -91,20 +91,6 @@ def validate_config(config):
     for name in ("use_post_attention_norm", "use_post_ffw_norm", "use_query_key_norm"):
         if not isinstance(config[name], bool):
             raise ValueError(f"`{name}` must be a bool. Received: {name}={config[name]!r}")
-
-
-_LOADING = ThreadFlag()
-
-
-def weights_loaded_later():
-    """Backbones built inside skip the random init of the token embedding.
-
-    For loaders that overwrite every weight right after construction. Drawing
-    Gemma 3's 262k x d embedding from a normal distribution costs seconds and
-    a few float32 copies of it in peak memory (more in bfloat16); zeros cost
-    one allocation in the variable's own dtype.
-    """
-    return _LOADING.on()
 
 
 def _layer_policy(layer):
@@ -254,10 +240,8 @@ class GemmaBackbone(keras.Model):
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
             tie_weights=True,
-            embeddings_initializer=(
-                "zeros"
-                if _LOADING.active
-                else keras.initializers.VarianceScaling(
+            embeddings_initializer=initializer(
+                keras.initializers.VarianceScaling(
                     scale=1.0, mode="fan_in", distribution="untruncated_normal", seed=None
                 )
             ),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from keras_gemma.models.gemma_backbone import GemmaBackbone
-from keras_gemma.models.gemma_backbone import weights_loaded_later
+from keras_gemma.layers.initial_weights import weights_loaded_later
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.testing.configs import tiny_config
 
@@ -34,10 +34,13 @@ def test_bfloat16_backbone_holds_bfloat16_weights_and_skips_random_init_when_loa
     with weights_loaded_later():
         backbone = GemmaBackbone(**tiny_config("gemma3"), dtype="bfloat16")
     assert {v.dtype for v in backbone.weights} == {"bfloat16"}
-    # The embedding a loader overwrites anyway is not drawn at random.
-    assert not np.any(keras.ops.convert_to_numpy(backbone.token_embedding.embeddings).astype("float32"))
+    # Weights a loader overwrites anyway are not drawn at random: all start at zero.
+    nonzero = [v.path for v in backbone.weights if np.any(keras.ops.convert_to_numpy(v).astype("float32"))]
+    assert nonzero == []
     fresh = GemmaBackbone(**tiny_config("gemma3"), dtype="bfloat16")
-    assert np.any(keras.ops.convert_to_numpy(fresh.token_embedding.embeddings).astype("float32"))
+    random = {v.path for v in fresh.weights if np.any(keras.ops.convert_to_numpy(v).astype("float32"))}
+    kernels = {v.path for v in fresh.weights if v.path.endswith(("/kernel", "/embeddings"))}
+    assert kernels and kernels <= random
 
 
 def test_bfloat16_real_gemma3_270m_writes_sensible_text():
