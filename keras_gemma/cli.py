@@ -53,7 +53,25 @@ def _load_causal_lm(args, sequence_length=1024):
 
     loader.resolve(args.preset)  # A bad handle fails here, before any output.
     _say(f"Loading {args.preset} ({_backend_name()} backend)...")
+    _keep_compiled_functions(loader.cache_dir())
     return keras_gemma.GemmaCausalLM.from_preset(args.preset, dtype=args.dtype, sequence_length=sequence_length)
+
+
+def _keep_compiled_functions(cache_root):
+    """JAX: XLA executables persist in `<cache_root>/jax` between runs.
+
+    Each `keras-gemma generate` would otherwise compile its prefill and
+    decode step again (~3 s of a ~14 s run on Gemma 3 270M, 2-core CPU). Left
+    alone when the user chose a cache (`JAX_COMPILATION_CACHE_DIR`). Only the
+    command sets this: the library never changes JAX's global configuration.
+    """
+    if _backend_name() != "jax":
+        return
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.join(cache_root, "jax"))
 
 
 def _backend_name():

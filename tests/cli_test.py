@@ -24,9 +24,9 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "The capital of France is"
 
 
-def run_cli(*args, stdin=None, timeout=300):
-    """Runs `python -m keras_gemma ARGS` on this test's backend."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+def run_cli(*args, stdin=None, timeout=300, env=None):
+    """Runs `python -m keras_gemma ARGS` on this test's backend (`env`: extra variables)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **(env or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY, env.get("PYTHONPATH")]))
     env.setdefault("KERAS_BACKEND", keras.config.backend())
     return subprocess.run(
@@ -81,18 +81,30 @@ def tiny_preset(tmp_path_factory, vocabulary):
 # === Subprocesses: one per subcommand ===
 
 
-def test_generate_prompt_from_stdin_with_sampler(tiny_preset):
-    result = run_cli(
+def test_generate_prompt_from_stdin_with_sampler(tiny_preset, tmp_path):
+    arguments = (
         "generate",
         "--preset", tiny_preset,
         "--max-new-tokens", "4",
         "--sampler", "top_k", "--top-k", "5", "--seed", "3",
-        stdin=PROMPT + "\n",
     )
+    env = {"KERAS_GEMMA_CACHE": str(tmp_path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    result = run_cli(*arguments, stdin=PROMPT + "\n", env=env)
     assert_ok(result)
     # Streamed output: the prompt, then the continuation, then a newline.
     assert result.stdout.startswith(PROMPT)
     assert result.stdout.endswith("\n")
+    # JAX: the compiled functions are kept under the cache root, and a second
+    # run (which loads them instead of compiling) samples the same text.
+    kept = sorted(os.listdir(tmp_path / "jax")) if (tmp_path / "jax").is_dir() else []
+    if keras.config.backend() == "jax":
+        assert kept, "no compiled functions were kept"
+        again = run_cli(*arguments, stdin=PROMPT + "\n", env=env)
+        assert_ok(again)
+        assert again.stdout == result.stdout
+        assert sorted(os.listdir(tmp_path / "jax")) == kept
+    else:
+        assert kept == []
 
 
 def test_generate_real_gemma3_270m():
