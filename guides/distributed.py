@@ -136,7 +136,10 @@ These work on every backend, with or without a distribution.
 - `model.quantize("int8")` (or `"int4"`) is Keras' own weight quantization:
   int8 kernels with per-channel scales, a quarter of float32. A quantized
   model still generates, takes LoRA adapters (`enable_lora`) for fine-tuning,
-  and `save_to_preset` / `from_preset` round-trip it exactly.
+  and `save_to_preset` / `from_preset` round-trip it exactly. It saves memory,
+  not time, on a CPU; on PyTorch's CPU backend int8 generation is about 6x
+  slower than float32 (Keras multiplies int8 kernels as int32 there, without
+  BLAS; see benchmarks/README.md), so prefer bfloat16 there.
 """
 
 small = keras_gemma.GemmaCausalLM(keras_gemma.GemmaBackbone(**config))
