@@ -134,8 +134,8 @@ def backbone_config(directory):
 
 
 def load_backbone(directory, dtype=None):
-    from keras_gemma.models.gemma_backbone import GemmaBackbone
     from keras_gemma.layers.initial_weights import weights_loaded_later
+    from keras_gemma.models.gemma_backbone import GemmaBackbone
 
     config = backbone_config(directory)
     stored_dtype = config.pop("dtype", None)

@@ -152,8 +152,8 @@ def gguf_backbone_and_proto(path, dtype=None):
     config = transformers.backbone_config_from_transformers(checkpoint.config)
     import keras
 
-    from keras_gemma.models.gemma_backbone import GemmaBackbone
     from keras_gemma.layers.initial_weights import weights_loaded_later
+    from keras_gemma.models.gemma_backbone import GemmaBackbone
 
     # The cache holds the lossless float32 dequantization. A model with
     # narrower weights (bfloat16) is filled tensor by tensor straight from
