@@ -1,9 +1,17 @@
-"""Picks an installed Keras backend when the user has not chosen one.
+"""Picks an installed Keras backend when the user has not chosen a usable one.
 
-Keras defaults to TensorFlow, which a JAX or PyTorch user need not install.
-When `KERAS_BACKEND` is unset, Keras is not imported yet, `~/.keras/keras.json`
-does not name a backend and TensorFlow is missing, we choose the first of
-JAX and PyTorch that is installed. An explicit choice always wins.
+Keras defaults to TensorFlow, which a JAX or PyTorch user need not install,
+and on its first import Keras writes that default into `~/.keras/keras.json`
+(`"backend": "tensorflow"`) whatever backend the process runs. So when
+`KERAS_BACKEND` is unset and Keras is not imported yet:
+
+- a backend named in `keras.json` is used if it is installed;
+- with none named, TensorFlow (Keras' default) is used if it is installed;
+- otherwise the first installed of JAX, PyTorch and TensorFlow is chosen,
+  through `KERAS_BACKEND` for this process only (`keras.json` is not changed).
+
+`KERAS_BACKEND` always wins. A `keras.json` naming a backend Keras does not
+know is left for Keras to report.
 """
 
 import importlib.util
@@ -11,20 +19,48 @@ import json
 import os
 import sys
 
+BACKEND_MODULES = {
+    "jax": "jax",
+    "torch": "torch",
+    "tensorflow": "tensorflow",
+    "numpy": "numpy",
+    "openvino": "openvino",
+}
+PREFERENCE = ("jax", "torch", "tensorflow")
+
+
+def _installed(backend):
+    return importlib.util.find_spec(BACKEND_MODULES[backend]) is not None
+
+
+def _configured_backend():
+    """The backend `keras.json` names, or None."""
+    config_dir = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(config_dir, "keras.json")) as f:
+            backend = json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backend or None
+
+
+def backend_to_set(configured, installed):
+    """The backend to put in `KERAS_BACKEND`, or None to leave Keras' choice.
+
+    Args:
+        configured: the backend `keras.json` names, or None.
+        installed: `backend name -> bool`.
+    """
+    if configured is not None and (configured not in BACKEND_MODULES or installed(configured)):
+        return None
+    if configured is None and installed("tensorflow"):
+        return None
+    return next((backend for backend in PREFERENCE if installed(backend)), None)
+
 
 def choose_backend():
     if "KERAS_BACKEND" in os.environ or "keras" in sys.modules:
         return
-    config_dir = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    try:
-        with open(os.path.join(config_dir, "keras.json")) as f:
-            if json.load(f).get("backend"):
-                return
-    except (OSError, ValueError):
-        pass
-    if importlib.util.find_spec("tensorflow") is not None:
-        return
-    for backend, module in (("jax", "jax"), ("torch", "torch")):
-        if importlib.util.find_spec(module) is not None:
-            os.environ["KERAS_BACKEND"] = backend
-            return
+    backend = backend_to_set(_configured_backend(), _installed)
+    if backend is not None:
+        os.environ["KERAS_BACKEND"] = backend
