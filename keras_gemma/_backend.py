@@ -19,18 +19,13 @@ import json
 import os
 import sys
 
-BACKEND_MODULES = {
-    "jax": "jax",
-    "torch": "torch",
-    "tensorflow": "tensorflow",
-    "numpy": "numpy",
-    "openvino": "openvino",
-}
+# Keras' backends; each is named after the module it imports.
+KNOWN_BACKENDS = ("jax", "torch", "tensorflow", "numpy", "openvino")
 PREFERENCE = ("jax", "torch", "tensorflow")
 
 
 def _installed(backend):
-    return importlib.util.find_spec(BACKEND_MODULES[backend]) is not None
+    return importlib.util.find_spec(backend) is not None
 
 
 def _configured_backend():
@@ -51,7 +46,7 @@ def backend_to_set(configured, installed):
         configured: the backend `keras.json` names, or None.
         installed: `backend name -> bool`.
     """
-    if configured is not None and (configured not in BACKEND_MODULES or installed(configured)):
+    if configured is not None and (configured not in KNOWN_BACKENDS or installed(configured)):
         return None
     if configured is None and installed("tensorflow"):
         return None

@@ -61,7 +61,6 @@ CHILD = textwrap.dedent(
     import importlib.abc, importlib.machinery, json, sys
 
     allowed = set(json.loads(sys.argv[1])) | set(sys.stdlib_module_names) | {"keras_gemma", "__main__"}
-    blocked = []
 
     class Declared(importlib.abc.MetaPathFinder):
         # Wraps a finder: undeclared top-level modules are not found at all.
@@ -72,7 +71,6 @@ CHILD = textwrap.dedent(
         def find_spec(self, name, path=None, target=None):
             top = name.partition(".")[0]
             if top not in allowed and not top.startswith("_"):
-                blocked.append(top)
                 return None
             find = getattr(self.inner, "find_spec", None)
             return find(name, path, target) if find else None
@@ -88,7 +86,6 @@ CHILD = textwrap.dedent(
     print("OUTPUT=" + json.dumps(lm.generate("ab", max_new_tokens=3, stop_token_ids=None)))
     import keras
     print("BACKEND=" + json.dumps(keras.config.backend()))
-    print("BLOCKED=" + json.dumps(sorted(set(blocked))))
     """
 )
 
