@@ -5,7 +5,7 @@ from keras_gemma._backend import choose_backend
 choose_backend()
 
 from keras_gemma import samplers  # noqa: E402
-from keras_gemma.models.chat_session import ChatSession  # noqa: E402
+from keras_gemma.generation.chat_session import ChatSession  # noqa: E402
 from keras_gemma.models.gemma_backbone import GemmaBackbone  # noqa: E402
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM  # noqa: E402
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor  # noqa: E402

@@ -8,10 +8,9 @@ h head_dim, d hidden_dim.
 import keras
 from keras import ops
 
-from keras_gemma.layers.direct_calls import call_layer
-from keras_gemma.layers.direct_calls import direct_calls_active
-from keras_gemma.layers.direct_calls import is_plain
 from keras_gemma.layers.initial_weights import initializer
+from keras_gemma.layers.layer_calls import call_layer
+from keras_gemma.layers.layer_calls import is_plain
 from keras_gemma.layers.rms_normalization import RMSNormalization
 from keras_gemma.layers.rotary_embedding import RotaryEmbedding
 
@@ -20,33 +19,33 @@ from keras_gemma.layers.rotary_embedding import RotaryEmbedding
 MASKED_LOGIT = -1e9
 
 
-def project_heads(layer, inputs, heads):
+def project_heads(layer, inputs, heads, direct=False):
     """`layer(inputs)` for the (heads, d, h) projections, `[b, t, heads, h]`.
 
-    For one decode token (t == 1) inside generation, the heads are made the
+    For one decode token (t == 1) on the direct path, the heads are made the
     batch axis of a batched matmul, `(n, b, d) @ (n, d, h)`: the kernel is
     read in its stored layout. Written as `btd,ndh->btnh`, XLA and PyTorch
     first copy the kernel into (d, n, h) order, at every step (measured:
     1.2 ms per call on Gemma 3 270M with PyTorch, more than the product).
     """
-    if inputs.shape[1] == 1 and direct_calls_active() and is_plain(layer):
+    if inputs.shape[1] == 1 and direct and is_plain(layer):
         batch, _, hidden = ops.shape(inputs)
         rows = ops.broadcast_to(ops.reshape(inputs, (1, batch, hidden)), (heads, batch, hidden))
         projected = ops.matmul(rows, layer.kernel)  # (n, b, h)
         return ops.transpose(projected, (1, 0, 2))[:, None, :, :]  # (b, 1, n, h)
-    return call_layer(layer, inputs)
+    return call_layer(layer, direct, inputs)
 
 
-def project_output(layer, attended):
+def project_output(layer, attended, direct=False):
     """`layer(attended)` for the (n, h, d) output projection, `[b, t, d]`.
 
     Same idea as `project_heads` for one decode token: heads as the batch
     axis, then a sum over heads, so the kernel is never transposed.
     """
-    if attended.shape[1] == 1 and direct_calls_active() and is_plain(layer):
+    if attended.shape[1] == 1 and direct and is_plain(layer):
         per_head = ops.transpose(attended[:, 0], (1, 0, 2))  # (n, b, h)
         return ops.sum(ops.matmul(per_head, layer.kernel), axis=0)[:, None, :]  # (b, 1, d)
-    return call_layer(layer, attended)
+    return call_layer(layer, direct, attended)
 
 
 def soft_cap(logits, cap):
@@ -91,6 +90,9 @@ class GemmaAttention(keras.layers.Layer):
         cache: optional `(key_cache, value_cache)`, each `[b, cache_length, k, h]`.
         return_key_value: bool. Also return this call's `(key, value)`.
         training: bool.
+        direct: bool. Call the built sublayers' own `call`, without
+            `Layer.__call__`'s bookkeeping, and project one decode token with
+            the heads as the batch axis (generation's decode path).
 
     Returns:
         `[b, t, d]`, or `(output, (key, value))` with key and value `[b, t, k, h]`
@@ -181,11 +183,12 @@ class GemmaAttention(keras.layers.Layer):
             self.query_norm.build(head_shape)
             self.key_norm.build(head_shape)
 
-    def _project_key_value(self, inputs, rotation):
-        key = project_heads(self.key, inputs, self.num_key_value_heads)  # (b, t, k, h)
-        value = project_heads(self.value, inputs, self.num_key_value_heads)  # (b, t, k, h)
+    def _project_key_value(self, inputs, rotation, direct):
+        heads = self.num_key_value_heads
+        key = project_heads(self.key, inputs, heads, direct)  # (b, t, k, h)
+        value = project_heads(self.value, inputs, heads, direct)  # (b, t, k, h)
         if self.use_query_key_norm:
-            key = call_layer(self.key_norm, key)
+            key = call_layer(self.key_norm, direct, key)
         key = self.rotary_embedding.rotate(key, rotation)
         return key, value
 
@@ -197,19 +200,20 @@ class GemmaAttention(keras.layers.Layer):
         cache=None,
         return_key_value=False,
         training=False,
+        direct=False,
     ):
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
         k, g, h = self.num_key_value_heads, self.groups, self.head_dim
 
-        query = project_heads(self.query, inputs, self.num_query_heads)  # (b, t, n, h)
+        query = project_heads(self.query, inputs, self.num_query_heads, direct)  # (b, t, n, h)
         if self.use_query_key_norm:
-            query = call_layer(self.query_norm, query)
+            query = call_layer(self.query_norm, direct, query)
         # One rotation (cos, sin) for queries and keys: same positions.
         rotation = self.rotary_embedding.rotation(positions, h)
         query = self.rotary_embedding.rotate(query, rotation)
         query = query * ops.cast(self.query_pre_attn_scalar**-0.5, query.dtype)
         query = ops.reshape(query, (batch, length, k, g, h))  # (b, t, k, g, h)
-        key, value = self._project_key_value(inputs, rotation)
+        key, value = self._project_key_value(inputs, rotation, direct)
 
         logits = ops.einsum("btkgh,bskh->bkgts", query, key)
         if cache is not None:
@@ -221,7 +225,9 @@ class GemmaAttention(keras.layers.Layer):
         logits = ops.where(mask, logits, MASKED_LOGIT)
         probabilities = ops.softmax(logits, axis=-1)
         probabilities = ops.cast(probabilities, self.compute_dtype)
-        probabilities = call_layer(self.dropout_layer, probabilities, training=training)
+        probabilities = call_layer(
+            self.dropout_layer, direct, probabilities, training=training
+        )
 
         if cache is not None:
             cache_length = ops.shape(key_cache)[1]
@@ -233,7 +239,7 @@ class GemmaAttention(keras.layers.Layer):
         else:
             attended = ops.einsum("bkgts,bskh->btkgh", probabilities, value)
         attended = ops.reshape(attended, (batch, length, k * g, h))
-        output = project_output(self.attention_output, attended)  # (b, t, d)
+        output = project_output(self.attention_output, attended, direct)  # (b, t, d)
         if return_key_value or cache is not None:
             return output, (key, value)
         return output

@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 from keras_gemma.layers.attention import GemmaAttention
-from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.feed_forward import GatedFeedForward
+from keras_gemma.layers.layer_calls import call_layer
 from keras_gemma.layers.masks import attention_mask as build_attention_mask
 from keras_gemma.layers.masks import positions_from_padding_mask
 from keras_gemma.layers.rms_normalization import RMSNormalization
@@ -53,6 +53,9 @@ class GemmaDecoderBlock(keras.layers.Layer):
         cache: optional `(key_cache, value_cache)`, see `GemmaAttention`.
         return_key_value: bool.
         training: bool.
+        direct: bool. Call the built sublayers' own `call`, without
+            `Layer.__call__`'s bookkeeping (generation's decode path; see
+            `layers/layer_calls.py`).
 
     Returns:
         `[batch, seq, hidden_dim]`, or `(outputs, (key, value))` when a cache
@@ -156,6 +159,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
         cache=None,
         return_key_value=False,
         training=False,
+        direct=False,
     ):
         if attention_mask is None:
             positions = positions_from_padding_mask(padding_mask)
@@ -166,27 +170,30 @@ class GemmaDecoderBlock(keras.layers.Layer):
                 else None
             )
             attention_mask = build_attention_mask(slots, slots, padding_mask, window)
-        normed = call_layer(self.pre_attention_norm, inputs)
+        normed = call_layer(self.pre_attention_norm, direct, inputs)
         attended = call_layer(
             self.attention,
+            direct,
             normed,
             positions=positions,
             attention_mask=attention_mask,
             cache=cache,
             return_key_value=return_key_value,
             training=training,
+            direct=direct,
         )
         key_value = None
         if cache is not None or return_key_value:
             attended, key_value = attended
         if self.use_post_attention_norm:
-            attended = call_layer(self.post_attention_norm, attended)
-        x = inputs + call_layer(self.dropout_layer, attended, training=training)
+            attended = call_layer(self.post_attention_norm, direct, attended)
+        x = inputs + call_layer(self.dropout_layer, direct, attended, training=training)
 
-        transformed = call_layer(self.feed_forward, call_layer(self.pre_ffw_norm, x))
+        normed = call_layer(self.pre_ffw_norm, direct, x)
+        transformed = call_layer(self.feed_forward, direct, normed, direct=direct)
         if self.use_post_ffw_norm:
-            transformed = call_layer(self.post_ffw_norm, transformed)
-        x = x + call_layer(self.dropout_layer, transformed, training=training)
+            transformed = call_layer(self.post_ffw_norm, direct, transformed)
+        x = x + call_layer(self.dropout_layer, direct, transformed, training=training)
         if key_value is not None:
             return x, key_value
         return x

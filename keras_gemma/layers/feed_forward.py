@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.initial_weights import initializer
+from keras_gemma.layers.layer_calls import call_layer
 
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
@@ -21,6 +21,9 @@ class GatedFeedForward(keras.layers.Layer):
 
     Call arguments:
         inputs: tensor `[batch, seq, hidden_dim]`.
+        direct: bool. Call the built sublayers' own `call`, without
+            `Layer.__call__`'s bookkeeping (generation's decode path; see
+            `layers/layer_calls.py`).
 
     Returns:
         A tensor `[batch, seq, hidden_dim]`.
@@ -50,9 +53,10 @@ class GatedFeedForward(keras.layers.Layer):
         self.ffw_gating_2.build(input_shape)
         self.ffw_linear.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
-    def call(self, inputs):
-        gate = ops.gelu(call_layer(self.ffw_gating, inputs), approximate=True)
-        return call_layer(self.ffw_linear, gate * call_layer(self.ffw_gating_2, inputs))
+    def call(self, inputs, direct=False):
+        gate = ops.gelu(call_layer(self.ffw_gating, direct, inputs), approximate=True)
+        up = call_layer(self.ffw_gating_2, direct, inputs)
+        return call_layer(self.ffw_linear, direct, gate * up)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.hidden_dim,)

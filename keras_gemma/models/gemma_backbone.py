@@ -10,8 +10,8 @@ from keras_gemma.layers.decoder_block import FULL_ATTENTION
 from keras_gemma.layers.decoder_block import LAYER_TYPES
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.decoder_block import GemmaDecoderBlock
-from keras_gemma.layers.direct_calls import call_layer
 from keras_gemma.layers.initial_weights import initializer
+from keras_gemma.layers.layer_calls import call_layer
 from keras_gemma.layers.rms_normalization import RMSNormalization
 from keras_gemma.models import layout_map as layout_map_lib
 
@@ -308,9 +308,14 @@ class GemmaBackbone(keras.Model):
         for name, value in config.items():
             setattr(self, name, value)
 
-    def embed(self, token_ids):
-        """Scaled token embeddings `[b, t, hidden_dim]` (used by generation)."""
-        return _scale_embeddings(call_layer(self.token_embedding, token_ids), self.hidden_dim)
+    def embed(self, token_ids, direct=False):
+        """Scaled token embeddings `[b, t, hidden_dim]` (used by generation).
+
+        `direct=True` calls the built embedding's `call` without
+        `Layer.__call__`'s bookkeeping (see `layers/layer_calls.py`).
+        """
+        embeddings = call_layer(self.token_embedding, direct, token_ids)
+        return _scale_embeddings(embeddings, self.hidden_dim)
 
     @classmethod
     def from_preset(cls, handle, dtype=None):

@@ -3,8 +3,11 @@
 import keras
 
 from keras_gemma import samplers as sampler_lib
-from keras_gemma.models import generation
-from keras_gemma.models.gemma_causal_lm_head import logits_from_hidden_states
+from keras_gemma.generation import generate as text_generation
+from keras_gemma.generation import prompts
+from keras_gemma.generation.chat_session import ChatSession
+from keras_gemma.generation.engine import CompiledGenerator
+from keras_gemma.layers.tied_logits import logits_from_hidden_states
 
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
@@ -77,7 +80,7 @@ class GemmaCausalLM(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
 
     def _preprocess_for_training(self, x, y, sample_weight):
-        if not generation.is_text(x):
+        if not prompts.is_text(x):
             return x, y, sample_weight
         if self.preprocessor is None:
             raise ValueError(
@@ -86,7 +89,7 @@ class GemmaCausalLM(keras.Model):
             )
         if y is not None or sample_weight is not None:
             raise ValueError("With string inputs, labels and weights come from the text; pass only `x`.")
-        return self.preprocessor(generation.text_list(x))
+        return self.preprocessor(prompts.text_list(x))
 
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None, validation_data=None, **kwargs):
         """`keras.Model.fit`, also on raw strings, lists, NumPy or `tf.data`.
@@ -96,7 +99,7 @@ class GemmaCausalLM(keras.Model):
         through the preprocessor; everything else goes to Keras unchanged.
         """
         x, y, sample_weight = self._preprocess_dataset_or_text(x, y, sample_weight)
-        if validation_data is not None and generation.is_text(validation_data):
+        if validation_data is not None and prompts.is_text(validation_data):
             validation_data = self._preprocess_for_training(validation_data, None, None)
         return super().fit(
             x, y, batch_size=batch_size, sample_weight=sample_weight, validation_data=validation_data, **kwargs
@@ -107,7 +110,7 @@ class GemmaCausalLM(keras.Model):
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def _preprocess_dataset_or_text(self, x, y, sample_weight):
-        if generation.is_string_dataset(x):
+        if prompts.is_string_dataset(x):
             if self.preprocessor is None:
                 raise ValueError("A dataset of strings needs a preprocessor.")
             return x.map(self.preprocessor), None, None
@@ -117,9 +120,8 @@ class GemmaCausalLM(keras.Model):
 
     @property
     def generator(self):
+        """The `CompiledGenerator` holding this model's compiled generation programs."""
         if self._generator is None:
-            from keras_gemma.models.compiled_generation import CompiledGenerator
-
             self._generator = CompiledGenerator(self)
         return self._generator
 
@@ -164,7 +166,7 @@ class GemmaCausalLM(keras.Model):
             the new tokens (right-padded). With `stream=True`, an iterator of
             strings.
         """
-        return generation.generate(
+        return text_generation.generate(
             self,
             inputs,
             max_length=max_length,
@@ -187,9 +189,9 @@ class GemmaCausalLM(keras.Model):
         Returns:
             A `keras_gemma.ChatSession`; call `session.send("...")`.
         """
-        from keras_gemma.models.chat_session import ChatSession
-
-        return ChatSession(self, max_length=max_length, sampler=sampler, stop_token_ids=stop_token_ids)
+        return ChatSession(
+            self, max_length=max_length, sampler=sampler, stop_token_ids=stop_token_ids
+        )
 
     def score(self, inputs):
         """Per-token log-likelihoods under the model.
@@ -204,7 +206,7 @@ class GemmaCausalLM(keras.Model):
             dict: a float32 array `[batch, seq - 1]`, zero where the scored token
             is padding.
         """
-        return generation.score(self, inputs)
+        return text_generation.score(self, inputs)
 
     # === Presets ===
 

@@ -2,7 +2,7 @@
 
 Each case names the exact exception type and a fragment of its message; the
 valid-but-odd inputs (an empty prompt, zero new tokens) have their documented
-behaviour asserted instead. Tests in tests/models/generation_test.py already
+behaviour asserted instead. Tests in tests/generation/generate_test.py already
 cover `max_new_tokens=-1`, the sampler name 'nucleus', a float prompt, a
 string prompt without a tokenizer, 200k new tokens and ids outside the
 vocabulary; the cases here are the rest.

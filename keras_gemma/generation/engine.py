@@ -1,9 +1,8 @@
-"""Compiled generation: the one module that branches on the Keras backend.
+"""The compiled generation programs: the one module that branches on the backend.
 
-The decoding math is backend-neutral (`decoding.prefill` / `decoding.extend`
-and the loop below, written with `keras.ops`, `ops.while_loop` included).
-What differs per backend is how it is compiled and how a cache slot is
-written:
+The decoding math is backend-neutral (`decoding.py`, `decode_loop.py`, written
+with `keras.ops`, `ops.while_loop` included). What differs per backend is how
+it is compiled and how a cache slot is written:
 
 - JAX: prefill, the decode loop, one decode step (streaming) and a chat-turn
   extension are each one `jax.jit` function taking the model's variables as
@@ -27,143 +26,39 @@ import numpy as np
 from keras import ops
 from keras import tree
 
-from keras_gemma.layers.direct_calls import direct_layer_calls
-from keras_gemma.models import decoding
-from keras_gemma.models.gemma_causal_lm_head import logits_from_hidden_states
+from keras_gemma.generation import decoding
+from keras_gemma.generation.decode_loop import DecodeLoop
+from keras_gemma.generation.kv_cache import functional_write
 
 BACKEND = keras.config.backend()
 
-# Loop state, a tuple (works with every backend's while loop):
-STEP, SLOT, TOKEN, CACHES, OUTPUT, DONE, SEEN, PADDING_COUNTS = range(8)
 
-
-def _functional_write(cache, index, update):
-    return ops.slice_update(cache, (0, index, 0, 0), update)
-
-
-def _torch_write(cache, index, update):
-    """Writes `update` `[b, n, k, h]` into slots `index..index+n-1`, in place.
+def _torch_write(buffer, index, update):
+    """Writes `update` `[b, n, k, h]` into entries `index..index+n-1`, in place.
 
     `index` may be a tensor: no value is read in Python, so the write can be
     traced (`_torch_traced`).
     """
     import torch
 
-    if not cache.is_contiguous():
+    if not buffer.is_contiguous():
         # Broadcast views (e.g. beams repeated from one prefill) share memory:
         # materialize once; every later write is in place.
-        cache = cache.contiguous()
-    slots = torch.arange(update.shape[1], device=cache.device) + index
-    cache.index_copy_(1, slots, update)
-    return cache
+        buffer = buffer.contiguous()
+    slots = torch.arange(update.shape[1], device=buffer.device) + index
+    buffer.index_copy_(1, slots, update)
+    return buffer
 
 
-WRITE = _torch_write if BACKEND == "torch" else _functional_write
+# How a cache entry is written on this backend (`KVCache.write`).
+WRITE = _torch_write if BACKEND == "torch" else functional_write
 
 
-def next_logits(backbone, caches, tokens, slot, padding_counts, total_length):
-    """One decode step of the model: `tokens` `[b, 1]` fed at `slot`.
-
-    Returns `(logits [b, vocabulary] float32, caches)`, the caches holding the
-    new keys and values (written in place on PyTorch).
-    """
-    hidden, caches = decoding.extend(backbone, caches, tokens, slot, padding_counts, WRITE, total_length)
-    logits = logits_from_hidden_states(backbone, hidden, decoding=True)[:, -1, :]
-    return logits, tuple(tuple(pair) for pair in caches)
-
-
-class DecodeLoop:
-    """Backend-neutral generation for one sampler and stop set.
-
-    Args:
-        causal_lm: the `GemmaCausalLM`.
-        sampler: a `keras_gemma.samplers.Sampler`.
-        stop_token_ids: tuple of ints.
-        total_length: cache capacity in slots.
-        capacity: length of the output buffer (max new tokens per call).
-        pad_token_id: written after a row has stopped.
-        forward: `next_logits` for these caches, as
-            `forward(caches, tokens, slot, padding_counts)`
-            (`CompiledGenerator.decode_step`).
-    """
-
-    def __init__(self, causal_lm, sampler, stop_token_ids, total_length, capacity, forward, pad_token_id=0):
-        self.backbone = causal_lm.backbone
-        self.forward = forward
-        self.sampler = sampler
-        self.stop_token_ids = tuple(int(i) for i in stop_token_ids)
-        self.total_length = total_length
-        self.capacity = capacity
-        self.pad_token_id = pad_token_id
-
-    def _is_stop(self, tokens):
-        if not self.stop_token_ids:
-            return ops.zeros(ops.shape(tokens), dtype="bool")
-        stops = ops.convert_to_tensor(self.stop_token_ids, dtype="int32")
-        return ops.any(ops.equal(tokens[:, None], stops[None, :]), axis=-1)
-
-    def _sample(self, logits, seen, seed):
-        seen = seen if self.sampler.uses_seen_tokens else None
-        return ops.cast(self.sampler(logits, seed=seed, seen=seen), "int32")
-
-    def _mark_seen(self, seen, tokens):
-        if not self.sampler.uses_seen_tokens:
-            return seen
-        return ops.logical_or(seen, ops.one_hot(tokens, self.backbone.vocabulary_size) > 0)
-
-    def seen_from_tokens(self, token_ids, padding_mask):
-        batch, length = token_ids.shape
-        if not self.sampler.uses_seen_tokens:
-            return ops.zeros((batch, 1), dtype="bool")
-        rows = ops.repeat(ops.arange(batch, dtype="int32"), length)
-        indices = ops.stack([rows, ops.reshape(ops.cast(token_ids, "int32"), (-1,))], axis=1)
-        weights = ops.reshape(ops.cast(padding_mask, "float32"), (-1,))
-        counts = ops.scatter(indices, weights, (batch, self.backbone.vocabulary_size))
-        return counts > 0
-
-    def start(self, hidden, caches, slot, seen, padding_counts, seed):
-        """State after the hidden states of the last fed token: samples token 1."""
-        logits = logits_from_hidden_states(self.backbone, hidden[:, -1:, :], decoding=True)[:, -1, :]
-        token = self._sample(logits, seen, seed(slot))
-        seen = self._mark_seen(seen, token)
-        output = ops.zeros((token.shape[0], self.capacity), dtype="int32")
-        output = ops.slice_update(output, (0, 0), token[:, None])
-        step = ops.convert_to_tensor(1, dtype="int32")
-        slot = ops.convert_to_tensor(slot, dtype="int32")
-        caches = tuple(tuple(pair) for pair in caches)
-        return (step, slot, token, caches, output, self._is_stop(token), seen, padding_counts)
-
-    def prefill(self, token_ids, padding_mask, seed):
-        """Left-padded prompts `[b, P]` → loop state holding the first new token."""
-        prompt_length = token_ids.shape[1]
-        padding_mask = ops.cast(padding_mask, "int32")
-        padding_counts = prompt_length - ops.sum(padding_mask, axis=1)
-        hidden, caches = decoding.prefill(self.backbone, token_ids, padding_mask, self.total_length)
-        seen = self.seen_from_tokens(token_ids, padding_mask)
-        return self.start(hidden, caches, prompt_length, seen, padding_counts, seed)
-
-    def step(self, state, seed):
-        """Feeds the last sampled token at `slot`, samples the next one."""
-        step, slot, token, caches, output, done, seen, padding_counts = state
-        logits, caches = self.forward(caches, token[:, None], slot, padding_counts)
-        next_token = self._sample(logits, seen, seed(slot + 1))
-        next_token = ops.where(done, self.pad_token_id, next_token)
-        seen = self._mark_seen(seen, next_token)
-        output = ops.slice_update(output, (0, step), next_token[:, None])
-        done = ops.logical_or(done, self._is_stop(next_token))
-        return (step + 1, slot + 1, next_token, caches, output, done, seen, padding_counts)
-
-    def loop(self, state, max_new_tokens, seed):
-        """Steps until `max_new_tokens` are out or every row has stopped."""
-
-        def cond(*state):
-            running = ops.logical_not(ops.all(state[DONE]))
-            return ops.logical_and(state[STEP] < max_new_tokens, running)
-
-        def body(*state):
-            return self.step(state, seed)
-
-        return ops.while_loop(cond, body, state)
+def as_tensor(value):
+    """`value` (NumPy) as an argument of the compiled functions."""
+    if BACKEND == "jax":
+        return value  # jit converts NumPy arguments itself.
+    return ops.convert_to_tensor(value)
 
 
 class CompiledGenerator:
@@ -173,6 +68,10 @@ class CompiledGenerator:
     traces (PyTorch), so tests can see that repeated calls in the same bucket
     reuse them. `eager_fallbacks` counts PyTorch decode-step shapes that run
     eagerly because their trace failed or disagreed with eager execution.
+
+    Args:
+        causal_lm: the model: `causal_lm.backbone` and `causal_lm.variables`
+            are used.
     """
 
     def __init__(self, causal_lm):
@@ -207,8 +106,8 @@ class CompiledGenerator:
 
     # === Compilation ===
 
-    def _compiled(self, name, key, function):
-        """`function(*args, rng)` compiled once per `(name, key)`.
+    def compiled(self, name, key, function):
+        """`function(*args)` compiled once per `(name, key)`.
 
         JAX: `function` runs under a `StatelessScope` with the variables passed
         as arguments. TensorFlow: `tf.function(jit_compile=True)`. PyTorch: the
@@ -217,13 +116,6 @@ class CompiledGenerator:
         cache_key = (name, key, len(self.causal_lm.variables))
         if cache_key in self._functions:
             return self._functions[cache_key]
-        traced = function
-
-        def function(*args):
-            # Built layers call their sublayers' `call` directly: no
-            # `Layer.__call__` bookkeeping per token (PyTorch) or per trace.
-            with direct_layer_calls():
-                return traced(*args)
         if BACKEND == "jax":
             import jax
 
@@ -242,7 +134,9 @@ class CompiledGenerator:
         elif BACKEND == "tensorflow":
             import tensorflow as tf
 
-            compiled = tf.function(function, jit_compile=True, reduce_retracing=True, autograph=False)
+            compiled = tf.function(
+                function, jit_compile=True, reduce_retracing=True, autograph=False
+            )
             self.compile_count += 1
         else:
             import torch
@@ -255,7 +149,7 @@ class CompiledGenerator:
         return compiled
 
     def decode_step(self, total_length):
-        """`next_logits` for caches made for `total_length` tokens.
+        """`decoding.next_logits` for caches made for `total_length` tokens.
 
         `(caches, tokens [b, 1], slot, padding_counts) -> (logits, caches)`.
         JAX and TensorFlow get the plain function (it is traced inside their
@@ -264,21 +158,22 @@ class CompiledGenerator:
         backbone = self.causal_lm.backbone
 
         def forward(caches, tokens, slot, padding_counts):
-            return next_logits(backbone, caches, tokens, slot, padding_counts, total_length)
+            return decoding.next_logits(backbone, caches, tokens, slot, padding_counts, WRITE)
 
         if BACKEND != "torch":
             return forward
         return self._torch_traced(("decode_step", total_length), forward)
 
     def _torch_traced(self, name, function):
-        """`function(*tensors)` recorded with `torch.jit.trace`, once per input shape.
+        """`function(*args)` recorded with `torch.jit.trace`, once per input shape.
 
         A decode step is thousands of small tensor operations, and eager
         PyTorch pays Python and `keras.ops` overhead for each: on Gemma 3 270M
         (2-core CPU) 77 ms per token eagerly, 50 ms replayed by TorchScript,
         of which ~40 ms is reading the weights. The model's variables are
         inputs of the trace (`keras.StatelessScope`), so weights trained or
-        assigned after tracing are used.
+        assigned after tracing are used. Arguments and results may be nested
+        structures (`KVCache`s): the trace sees them flattened to tensors.
 
         A trace is only exact if `function` never reads a tensor's value in
         Python. `next_logits` does not: JAX compiles the same function with
@@ -298,20 +193,20 @@ class CompiledGenerator:
         def values():
             return tuple(variable.value.detach() for variable in variables)
 
-        def stateless(values, *args):
-            scope = keras.StatelessScope()
-            # `add_update`, not `state_mapping=`: its shape checks would be
-            # recorded as reads of traced sizes.
-            for variable, value in zip(variables, values):
-                scope.add_update((variable, value))
-            with scope, direct_layer_calls():
-                return function(*args)
-
-        def eager(*args):
-            with direct_layer_calls():
-                return function(*args)
-
         def trace(key, args):
+            results = []  # The structure of the results, seen while tracing.
+
+            def stateless(values, *flat_args):
+                scope = keras.StatelessScope()
+                # `add_update`, not `state_mapping=`: its shape checks would be
+                # recorded as reads of traced sizes.
+                for variable, value in zip(variables, values):
+                    scope.add_update((variable, value))
+                with scope:
+                    result = function(*tree.pack_sequence_as(args, flat_args))
+                results.append(tree.map_structure(lambda _: 0, result))
+                return tuple(tree.flatten(result))
+
             try:
                 with warnings.catch_warnings():
                     # Deprecated in favour of torch.compile, whose first call
@@ -319,21 +214,24 @@ class CompiledGenerator:
                     # and whose steps are slower (56 and 67 ms).
                     warnings.simplefilter("ignore", DeprecationWarning)
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                    traced = torch.jit.trace(stateless, (values(), *args), check_trace=False)
+                    flat_args = tuple(tree.flatten(args))
+                    traced = torch.jit.trace(stateless, (values(), *flat_args), check_trace=False)
             except Exception:  # noqa: BLE001 - whatever the reason, eager is exact.
                 self.eager_fallbacks += 1
-                return eager
+                return function
             self.compile_count += 1
+            structure = results[0]
 
             def replay(*args):
                 # The profiling executor's optimizations do not speed this
                 # graph up and cost ~1 s over its first calls.
                 with torch.jit.optimized_execution(False):
-                    return traced(values(), *args)
+                    flat = traced(values(), *tree.flatten(args))
+                return tree.pack_sequence_as(structure, flat)
 
             def first_replay(*args):
                 copies = tree.map_structure(torch.clone, args)
-                expected = eager(*args)
+                expected = function(*args)
                 try:
                     result = replay(*copies)
                     same = all(
@@ -342,7 +240,7 @@ class CompiledGenerator:
                     )
                 except Exception:  # noqa: BLE001
                     same = False
-                self._functions[key] = replay if same else eager
+                self._functions[key] = replay if same else function
                 self.eager_fallbacks += 0 if same else 1
                 return expected
 
@@ -350,19 +248,20 @@ class CompiledGenerator:
 
         def call(*args):
             args = tree.map_structure(lambda tensor: tensor.contiguous(), args)
-            key = (name, len(variables), tuple((tuple(t.shape), t.dtype) for t in tree.flatten(args)))
+            shapes = tuple((tuple(t.shape), t.dtype) for t in tree.flatten(args))
+            key = (name, len(variables), shapes)
             if key not in self._functions:
                 self._functions[key] = trace(key, args)
                 # Checked on the next call: its inputs differ from the
                 # trace's, so a value frozen into the trace would show.
-                return eager(*args)
+                return function(*args)
             return self._functions[key](*args)
 
         return call
 
     def _loop(self, sampler, stop_token_ids, total_length, capacity, pad_token_id):
         return DecodeLoop(
-            self.causal_lm,
+            self.causal_lm.backbone,
             sampler,
             stop_token_ids,
             total_length,
@@ -373,31 +272,53 @@ class CompiledGenerator:
 
     # === Entry points ===
 
-    def generate(self, token_ids, padding_mask, max_new_tokens, total_length, sampler, stop_token_ids, seed=None, pad_token_id=0):
-        """Left-padded prompts `[b, P]` → `(new tokens [b, capacity], count)`."""
+    def generate(
+        self,
+        token_ids,
+        padding_mask,
+        max_new_tokens,
+        total_length,
+        sampler,
+        stop_token_ids,
+        seed=None,
+        pad_token_id=0,
+    ):
+        """Left-padded prompts `[b, P]` -> `(new tokens [b, capacity], count)`."""
         capacity = total_length - token_ids.shape[1] + 1
         loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
         rng = self._rng(seed)
-        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids, pad_token_id)
+        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids)
+        key += (pad_token_id,)
 
         def run(token_ids, padding_mask, max_new_tokens, rng):
             seed_fn = self._seed_fn(rng)
             state = loop.prefill(token_ids, padding_mask, seed_fn)
             state = loop.loop(state, max_new_tokens, seed_fn)
-            return state[OUTPUT], state[STEP]
+            return state.output, state.step
 
-        function = self._compiled("generate", key, run)
+        function = self.compiled("generate", key, run)
         output, steps = function(
-            _tensor(token_ids), _tensor(padding_mask), _tensor(np.int32(max_new_tokens)), rng
+            as_tensor(token_ids), as_tensor(padding_mask), as_tensor(np.int32(max_new_tokens)), rng
         )
         return ops.convert_to_numpy(output), int(ops.convert_to_numpy(steps))
 
-    def stream(self, token_ids, padding_mask, max_new_tokens, total_length, sampler, stop_token_ids, seed=None, pad_token_id=0):
+    def stream(
+        self,
+        token_ids,
+        padding_mask,
+        max_new_tokens,
+        total_length,
+        sampler,
+        stop_token_ids,
+        seed=None,
+        pad_token_id=0,
+    ):
         """Yields each step's new tokens `[b]` as NumPy, as soon as they exist."""
         capacity = total_length - token_ids.shape[1] + 1
         loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
         rng = self._rng(seed)
-        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids, pad_token_id)
+        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids)
+        key += (pad_token_id,)
 
         def prefill(token_ids, padding_mask, rng):
             return loop.prefill(token_ids, padding_mask, self._seed_fn(rng))
@@ -405,16 +326,17 @@ class CompiledGenerator:
         def step(state, rng):
             return loop.step(state, self._seed_fn(rng))
 
-        prefill_function = self._compiled("stream_prefill", key, prefill)
-        step_function = self._compiled("stream_step", key, step)
-        state = prefill_function(_tensor(token_ids), _tensor(padding_mask), rng)
+        prefill_function = self.compiled("stream_prefill", key, prefill)
+        step_function = self.compiled("stream_step", key, step)
+        state = prefill_function(as_tensor(token_ids), as_tensor(padding_mask), rng)
         yield from self._step_tokens(state, step_function, max_new_tokens, rng)
 
     def _step_tokens(self, state, step_function, max_new_tokens, rng):
         """Yields each step's tokens `[b]`; returns the last state."""
         for _ in range(max_new_tokens):
-            yield ops.convert_to_numpy(state[TOKEN])
-            if ops.convert_to_numpy(state[DONE]).all() or int(ops.convert_to_numpy(state[STEP])) >= max_new_tokens:
+            yield ops.convert_to_numpy(state.token)
+            finished = ops.convert_to_numpy(state.done).all()
+            if finished or int(ops.convert_to_numpy(state.step)) >= max_new_tokens:
                 break
             state = step_function(state, rng)
         return state
@@ -427,10 +349,12 @@ class CompiledGenerator:
 
         def run(token_ids):
             mask = ops.ones_like(token_ids)
-            hidden, caches = decoding.prefill(self.causal_lm.backbone, token_ids, mask, total_length)
-            return hidden[:, -1:, :], tuple(tuple(pair) for pair in caches)
+            hidden, caches = decoding.prefill(
+                self.causal_lm.backbone, token_ids, mask, total_length
+            )
+            return hidden[:, -1:, :], tuple(caches)
 
-        return self._compiled("chat_prefill", (length, total_length), run)(_tensor(token_ids))
+        return self.compiled("chat_prefill", (length, total_length), run)(as_tensor(token_ids))
 
     def chat_extend(self, caches, token_ids, slot, total_length):
         """Feeds `[1, n]` tokens at `slot` on top of `caches`.
@@ -442,28 +366,44 @@ class CompiledGenerator:
         position = 0
         length = token_ids.shape[1]
         padding_counts = np.zeros((token_ids.shape[0],), dtype="int32")
+        backbone = self.causal_lm.backbone
+
+        def run(caches, chunk_ids, slot, padding_counts):
+            hidden, new_caches = decoding.extend(
+                backbone, caches, chunk_ids, slot, padding_counts, WRITE
+            )
+            return hidden[:, -1:, :], tuple(new_caches)
+
         while position < length:
             chunk = 1 << ((length - position).bit_length() - 1)
-
-            def run(caches, chunk_ids, slot, padding_counts):
-                hidden, new_caches = decoding.extend(
-                    self.causal_lm.backbone, caches, chunk_ids, slot, padding_counts, WRITE, total_length
-                )
-                return hidden[:, -1:, :], tuple(tuple(pair) for pair in new_caches)
-
-            function = self._compiled("chat_extend", (chunk, total_length), run)
+            function = self.compiled("chat_extend", (chunk, total_length), run)
             chunk_ids = token_ids[:, position : position + chunk]
             hidden, caches = function(
-                caches, _tensor(chunk_ids), _tensor(np.int32(slot + position)), _tensor(padding_counts)
+                caches,
+                as_tensor(chunk_ids),
+                as_tensor(np.int32(slot + position)),
+                as_tensor(padding_counts),
             )
             position += chunk
         return hidden, caches
 
-    def chat_decode(self, hidden, caches, slot, max_new_tokens, total_length, sampler, stop_token_ids, seed=None, pad_token_id=0, stream=False):
+    def chat_decode(
+        self,
+        hidden,
+        caches,
+        slot,
+        max_new_tokens,
+        total_length,
+        sampler,
+        stop_token_ids,
+        seed=None,
+        pad_token_id=0,
+        stream=False,
+    ):
         """Samples a reply after `hidden` (the last fed token at `slot - 1`).
 
         Returns `(tokens [1, capacity], count, caches)`, or with `stream=True`
-        yields each token `[1]` and finally the tuple.
+        yields each token `[1]` and finally that tuple.
         """
         capacity = max_new_tokens
         loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
@@ -472,9 +412,7 @@ class CompiledGenerator:
         padding_counts = np.zeros((1,), dtype="int32")
 
         def start(hidden, caches, slot, padding_counts, rng):
-            seen = ops.zeros((1, 1), dtype="bool")
-            if sampler.uses_seen_tokens:
-                seen = ops.zeros((1, self.causal_lm.backbone.vocabulary_size), dtype="bool")
+            seen = loop.empty_seen(1)
             return loop.start(hidden, caches, slot, seen, padding_counts, self._seed_fn(rng))
 
         def run(state, max_new_tokens, rng):
@@ -483,19 +421,22 @@ class CompiledGenerator:
         def step(state, rng):
             return loop.step(state, self._seed_fn(rng))
 
-        start_function = self._compiled("chat_start", key, start)
-        state = start_function(hidden, caches, _tensor(np.int32(slot)), _tensor(padding_counts), rng)
+        start_function = self.compiled("chat_start", key, start)
+        state = start_function(
+            hidden, caches, as_tensor(np.int32(slot)), as_tensor(padding_counts), rng
+        )
         if not stream:
-            state = self._compiled("chat_loop", key, run)(state, _tensor(np.int32(max_new_tokens)), rng)
-            return ops.convert_to_numpy(state[OUTPUT]), int(ops.convert_to_numpy(state[STEP])), state[CACHES]
-        return self._chat_stream(state, self._compiled("chat_step", key, step), max_new_tokens, rng)
+            run_function = self.compiled("chat_loop", key, run)
+            state = run_function(state, as_tensor(np.int32(max_new_tokens)), rng)
+            return _reply(state)
+        return self._chat_stream(state, self.compiled("chat_step", key, step), max_new_tokens, rng)
 
     def _chat_stream(self, state, step_function, max_new_tokens, rng):
         state = yield from self._step_tokens(state, step_function, max_new_tokens, rng)
-        yield ops.convert_to_numpy(state[OUTPUT]), int(ops.convert_to_numpy(state[STEP])), state[CACHES]
+        yield _reply(state)
 
 
-def _tensor(value):
-    if BACKEND == "jax":
-        return value  # jit converts NumPy arguments itself.
-    return ops.convert_to_tensor(value)
+def _reply(state):
+    """`(tokens [b, capacity], count, caches)` of a finished chat reply."""
+    output = ops.convert_to_numpy(state.output)
+    return output, int(ops.convert_to_numpy(state.step)), state.caches

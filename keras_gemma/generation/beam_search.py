@@ -11,36 +11,43 @@ by `score / length ** length_penalty`.
 import numpy as np
 from keras import ops
 
-from keras_gemma.models import decoding
-from keras_gemma.models import generation
-from keras_gemma.models.gemma_causal_lm_head import logits_from_hidden_states
+from keras_gemma.generation import decoding
+from keras_gemma.generation.engine import as_tensor
+from keras_gemma.generation.prompts import bucket_new_tokens
+from keras_gemma.generation.prompts import bucket_prompt_length
+from keras_gemma.generation.prompts import left_pad
+from keras_gemma.generation.stopping import stop_mask
+from keras_gemma.generation.stopping import truncate_at_stop
 
 NEGATIVE_INFINITY = -1e9
 
 
 def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad_token_id=0):
-    """Returns the best continuation (list of ids, stop token excluded) per prompt."""
+    """The best continuation of each prompt.
+
+    Args:
+        causal_lm: the model; its `backbone` and `generator` (a
+            `CompiledGenerator`) are used.
+        prompts: list of lists of token ids.
+        max_new_tokens: int.
+        sampler: a `keras_gemma.samplers.BeamSampler`.
+        stop_token_ids: tuple of ints.
+        pad_token_id: int. What a finished beam continues with.
+
+    Returns:
+        One list of ids per prompt, cut before its first stop token.
+    """
     if max_new_tokens == 0:
         return [[] for _ in prompts]
     backbone = causal_lm.backbone
     generator = causal_lm.generator
     beams = sampler.num_beams
     batch = len(prompts)
-    prompt_length = generation.bucket_prompt_length(max(len(p) for p in prompts))
-    total_length = prompt_length + generation.bucket_new_tokens(max_new_tokens)
-    token_ids, padding_mask = generation.left_pad(prompts, prompt_length, pad_token_id)
+    prompt_length = bucket_prompt_length(max(len(p) for p in prompts))
+    total_length = prompt_length + bucket_new_tokens(max_new_tokens)
+    token_ids, padding_mask = left_pad(prompts, prompt_length, pad_token_id)
     stops = tuple(stop_token_ids)
     vocabulary_size = backbone.vocabulary_size
-
-    def log_probs_of(hidden):
-        logits = logits_from_hidden_states(backbone, hidden[:, -1:, :], decoding=True)[:, 0, :]
-        return ops.log_softmax(logits, axis=-1)
-
-    def is_stop(tokens):
-        if not stops:
-            return ops.zeros(ops.shape(tokens), dtype="bool")
-        stop_tensor = ops.convert_to_tensor(stops, dtype="int32")
-        return ops.any(ops.equal(tokens[..., None], stop_tensor), axis=-1)
 
     def select(scores, log_probs, done):
         """Top `beams` of every prompt. scores/done `[b, beams]`, log_probs `[b*beams, V]`."""
@@ -63,10 +70,12 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
 
     def first(token_ids, padding_mask):
         hidden, caches = decoding.prefill(backbone, token_ids, padding_mask, total_length)
-        log_probs = ops.repeat(log_probs_of(hidden), beams, axis=0)
-        caches = tuple((ops.repeat(k, beams, axis=0), ops.repeat(v, beams, axis=0)) for k, v in caches)
+        log_probs = ops.log_softmax(decoding.last_logits(backbone, hidden), axis=-1)
+        log_probs = ops.repeat(log_probs, beams, axis=0)
+        caches = tuple(cache.map(lambda t: ops.repeat(t, beams, axis=0)) for cache in caches)
         # Only beam 0 is live at the start, so the first pick is not duplicated.
-        scores = ops.where(ops.arange(beams)[None, :] == 0, 0.0, NEGATIVE_INFINITY) + ops.zeros((batch, 1))
+        scores = ops.where(ops.arange(beams)[None, :] == 0, 0.0, NEGATIVE_INFINITY)
+        scores = scores + ops.zeros((batch, 1))
         done = ops.zeros((batch, beams), dtype="bool")
         scores, beam_index, tokens = select(scores, log_probs, done)
         return scores, tokens, caches
@@ -76,19 +85,19 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
     def step(caches, tokens, scores, done, lengths, slot, padding_counts):
         logits, caches = forward(caches, ops.reshape(tokens, (-1, 1)), slot, padding_counts)
         scores, beam_index, new_tokens = select(scores, ops.log_softmax(logits, axis=-1), done)
-        caches = tuple((reorder(k, beam_index), reorder(v, beam_index)) for k, v in caches)
+        caches = tuple(cache.map(lambda t: reorder(t, beam_index)) for cache in caches)
         done = ops.take_along_axis(done, beam_index, axis=1)
         lengths = ops.take_along_axis(lengths, beam_index, axis=1)
         lengths = lengths + ops.cast(ops.logical_not(done), "int32")
-        done = ops.logical_or(done, is_stop(new_tokens))
+        done = ops.logical_or(done, stop_mask(new_tokens, stops))
         return caches, new_tokens, scores, done, lengths, beam_index
 
     key = (token_ids.shape, total_length, beams, stops, pad_token_id)
-    first_function = generator._compiled("beam_first", key, first)
-    step_function = generator._compiled("beam_step", key, step)
+    first_function = generator.compiled("beam_first", key, first)
+    step_function = generator.compiled("beam_step", key, step)
     padding_counts = np.repeat(prompt_length - padding_mask.sum(axis=1), beams).astype("int32")
-    scores, tokens, caches = first_function(_as_tensor(token_ids), _as_tensor(padding_mask))
-    done = is_stop(tokens)
+    scores, tokens, caches = first_function(as_tensor(token_ids), as_tensor(padding_mask))
+    done = stop_mask(tokens, stops)
     lengths = ops.ones((batch, beams), dtype="int32")
     history = [ops.convert_to_numpy(tokens)[:, :, None]]  # per step `[b, beams, 1]`
     parents = []
@@ -97,7 +106,7 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
             break
         slot = np.int32(prompt_length + index - 1)
         caches, tokens, scores, done, lengths, beam_index = step_function(
-            caches, tokens, scores, done, lengths, _as_tensor(slot), _as_tensor(padding_counts)
+            caches, tokens, scores, done, lengths, as_tensor(slot), as_tensor(padding_counts)
         )
         parents.append(ops.convert_to_numpy(beam_index))
         history.append(ops.convert_to_numpy(tokens)[:, :, None])
@@ -105,16 +114,8 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
     scores = ops.convert_to_numpy(scores)
     lengths = np.maximum(ops.convert_to_numpy(lengths), 1)
     normalized = scores / lengths.astype("float64") ** sampler.length_penalty
-    results = []
-    for row in range(batch):
-        best = int(np.argmax(normalized[row]))
-        tokens = []
-        for token in sequences[row, best]:
-            if int(token) in stops:
-                break
-            tokens.append(int(token))
-        results.append(tokens)
-    return results
+    best = np.argmax(normalized, axis=1)
+    return [truncate_at_stop(sequences[row, best[row]], stops) for row in range(batch)]
 
 
 def _backtrack(history, parents):
@@ -128,9 +129,3 @@ def _backtrack(history, parents):
         if step > 0:
             current = np.take_along_axis(parents[step - 1], current, axis=1)
     return sequences
-
-
-def _as_tensor(value):
-    from keras_gemma.models.compiled_generation import _tensor
-
-    return _tensor(value)

@@ -3,7 +3,12 @@
 import numpy as np
 
 from keras_gemma import samplers as sampler_lib
-from keras_gemma.models import generation
+from keras_gemma.generation.detokenizer import IncrementalDetokenizer
+from keras_gemma.generation.prompts import check_token_count
+from keras_gemma.generation.prompts import tokenizer_of
+from keras_gemma.generation.stopping import resolve_stop_token_ids
+from keras_gemma.generation.stopping import truncate_at_stop
+from keras_gemma.generation.stopping import until_stop
 
 
 class ChatSession:
@@ -31,12 +36,14 @@ class ChatSession:
 
     def __init__(self, causal_lm, max_length=4096, sampler=None, stop_token_ids="auto"):
         self.causal_lm = causal_lm
-        self.tokenizer = generation._tokenizer(causal_lm)
+        self.tokenizer = tokenizer_of(causal_lm)
         self.max_length = int(max_length)
         self.sampler = causal_lm.sampler if sampler is None else sampler_lib.get(sampler)
         if isinstance(self.sampler, sampler_lib.BeamSampler):
-            raise ValueError("A chat session samples token by token; beam search is not supported here.")
-        self.stop_token_ids = generation.resolve_stop_token_ids(causal_lm, stop_token_ids)
+            raise ValueError(
+                "A chat session samples token by token; beam search is not supported here."
+            )
+        self.stop_token_ids = resolve_stop_token_ids(causal_lm, stop_token_ids)
         self.messages = []
         self.reset()
 
@@ -69,7 +76,7 @@ class ChatSession:
         """
         if not isinstance(message, str):
             raise TypeError(f"`message` must be a string. Received: {type(message).__name__}")
-        generation.check_token_count("max_new_tokens", max_new_tokens, minimum=1)
+        check_token_count("max_new_tokens", max_new_tokens, minimum=1)
         if self._caches is None:
             new_tokens = self.tokenizer.apply_chat_template([{"role": "user", "content": message}])
         else:
@@ -94,14 +101,23 @@ class ChatSession:
         if self._caches is None:
             hidden, self._caches = generator.chat_prefill(token_ids, self.max_length)
         else:
-            hidden, self._caches = generator.chat_extend(self._caches, token_ids, self._slot, self.max_length)
+            hidden, self._caches = generator.chat_extend(
+                self._caches, token_ids, self._slot, self.max_length
+            )
         self.tokens_read += len(new_tokens)
         self._slot += len(new_tokens)
         self._tokens.extend(int(t) for t in new_tokens)
         self._prompt_tokens = list(self._tokens)
         result = generator.chat_decode(
-            hidden, self._caches, self._slot, max_new_tokens, self.max_length,
-            self.sampler, self.stop_token_ids, seed=seed, stream=stream,
+            hidden,
+            self._caches,
+            self._slot,
+            max_new_tokens,
+            self.max_length,
+            self.sampler,
+            self.stop_token_ids,
+            seed=seed,
+            stream=stream,
         )
         if stream:
             return self._stream_reply(result)
@@ -109,11 +125,7 @@ class ChatSession:
         return self._finish(list(output[0, :count]))
 
     def _finish(self, tokens):
-        reply = []
-        for token in tokens:
-            if int(token) in self.stop_token_ids:
-                break
-            reply.append(int(token))
+        reply = truncate_at_stop(tokens, self.stop_token_ids)
         # Every reply token but the last was fed to the model while decoding;
         # the last one (usually the stop token) is fed with the next turn.
         self._slot += max(len(tokens) - 1, 0)
@@ -132,18 +144,26 @@ class ChatSession:
         return list(self._prompt_tokens)
 
     def _stream_reply(self, result):
-        text = generation.IncrementalDetokenizer(self.tokenizer)
-        for item in result:
-            if isinstance(item, tuple):
-                output, count, self._caches = item
-                self._finish(list(output[0, :count]))
-                piece = text.flush()
-                if piece:
-                    yield piece
-                return
-            token = int(item[0])
-            if token in self.stop_token_ids:
-                continue
+        """Text pieces of the reply; `result` yields tokens `[1]`, then the final tuple."""
+        final = []
+
+        def tokens():
+            for item in result:
+                if isinstance(item, tuple):
+                    final.append(item)
+                    return
+                yield int(item[0])
+
+        steps = tokens()
+        text = IncrementalDetokenizer(self.tokenizer)
+        for token in until_stop(steps, self.stop_token_ids):
             piece = text.add(token)
             if piece:
                 yield piece
+        for _ in steps:  # The stop token came: read on to the final caches.
+            pass
+        output, count, self._caches = final[0]
+        self._finish(list(output[0, :count]))
+        piece = text.flush()
+        if piece:
+            yield piece

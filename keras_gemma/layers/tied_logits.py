@@ -1,4 +1,4 @@
-"""The language-model head shared by `GemmaCausalLM` and the decoding loop."""
+"""The tied-embedding language-model head, shared by `GemmaCausalLM` and generation."""
 
 from keras import ops
 
@@ -7,6 +7,9 @@ from keras_gemma.layers.attention import soft_cap
 
 def logits_from_hidden_states(backbone, hidden_states, decoding=False):
     """Tied-embedding projection then the final soft-cap, in float32.
+
+    `backbone` is any object with `token_embedding` (a `ReversibleEmbedding`)
+    and `final_logit_soft_cap`, e.g. a `GemmaBackbone`.
 
     With `decoding=True` (the compiled generation loop) the projection is
     `table @ x.T`, the table first and read in its stored layout, then the
@@ -29,7 +32,8 @@ def logits_from_hidden_states(backbone, hidden_states, decoding=False):
         table = ops.cast(embedding.embeddings, hidden_states.dtype)
         batch, length, hidden = ops.shape(hidden_states)
         rows = ops.reshape(hidden_states, (batch * length, hidden))
-        logits = ops.reshape(ops.transpose(ops.matmul(table, ops.transpose(rows))), (batch, length, -1))
+        logits = ops.matmul(table, ops.transpose(rows))  # (v, b*t)
+        logits = ops.reshape(ops.transpose(logits), (batch, length, -1))  # (b, t, v)
     else:
         logits = embedding(hidden_states, reverse=True)
     logits = ops.cast(logits, "float32")

@@ -1,4 +1,9 @@
-"""Cached generation: equality with full forward passes and with transformers."""
+"""Cached generation on tiny models: equality with full forward passes and with transformers.
+
+Covers `generate` (ids and text, batches, streaming, seeds, stop tokens, bad
+input), beam search, chat sessions and the engine's compile reuse and
+PyTorch trace checks; they share the module-scoped models below.
+"""
 
 import numpy as np
 import pytest
@@ -6,7 +11,7 @@ import pytest
 import keras
 import keras_gemma
 from keras_gemma import samplers
-from keras_gemma.models import decoding
+from keras_gemma.generation.engine import CompiledGenerator
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
@@ -163,8 +168,6 @@ def test_stop_token_ends_a_row(gemma2_pair):
 def test_torch_trace_that_reads_a_value_in_python_runs_eagerly(gemma2_pair):
     import torch
 
-    from keras_gemma.models.compiled_generation import CompiledGenerator
-
     generator = CompiledGenerator(gemma2_pair[1])
 
     def reads_slot(x, slot):
@@ -211,15 +214,6 @@ def test_score_equals_log_softmax_of_forward_pass(gemma2_pair):
         expected = [log_probs[row, i, prompt[i + 1]] for i in range(len(prompt) - 1)]
         np.testing.assert_allclose(scores[row, : len(prompt) - 1], expected, atol=1e-4)
         assert np.all(scores[row, len(prompt) - 1 :] == 0)
-
-
-def test_cache_memory_of_sliding_layers_is_a_ring():
-    config = keras_gemma.preset_config("gemma3_1b")
-    lengths = decoding.cache_lengths_for_config(config, 8192)
-    full = sum(1 for t in config["layer_types"] if t == "full_attention")
-    assert sum(lengths) == full * 8192 + (config["num_layers"] - full) * 512
-    ratio = sum(lengths) / (8192 * config["num_layers"])
-    assert ratio < 0.21  # 4 of 26 layers keep the whole context, 22 keep 512 slots
 
 
 # === Text in, text out ===
@@ -279,6 +273,34 @@ def test_chat_reuses_the_cache_and_matches_a_fresh_call(text_lm):
     assert tokenizer.detokenize(_new_tokens(fresh)) == second
 
 
+def test_chat_stream_yields_the_same_replies(text_lm):
+    whole = text_lm.chat_session(max_length=256, stop_token_ids=None)
+    streamed = text_lm.chat_session(max_length=256, stop_token_ids=None)
+    for message in ("Hello there", "How are you"):
+        reply = whole.send(message, max_new_tokens=5)
+        pieces = list(streamed.send(message, max_new_tokens=5, stream=True))
+        assert "".join(pieces) == reply
+    assert streamed.cache_length == whole.cache_length
+    assert streamed.messages == whole.messages
+
+
+def test_chat_reply_ends_before_its_stop_token(text_lm):
+    tokenizer = text_lm.preprocessor.tokenizer
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}])
+    ids = {"token_ids": np.array([prompt]), "padding_mask": np.ones((1, len(prompt)))}
+    free = _new_tokens(
+        text_lm.generate(ids, max_new_tokens=6, stop_token_ids=None, strip_prompt=True)
+    )
+    stop = free[2]
+    before = free[: free.index(stop)]
+    expected = tokenizer.detokenize(before) if before else ""
+    for stream in (False, True):
+        session = text_lm.chat_session(max_length=256, stop_token_ids=[stop])
+        reply = session.send("Hello there", max_new_tokens=6, stream=stream)
+        assert ("".join(reply) if stream else reply) == expected
+        assert session.messages[-1] == {"role": "assistant", "content": expected}
+
+
 def test_fit_on_strings_lowers_the_loss(text_lm):
     lm = GemmaCausalLM(
         keras_gemma.GemmaBackbone(**tiny_config("gemma", vocabulary_size=text_lm.backbone.vocabulary_size)),
@@ -309,18 +331,3 @@ def test_generate_rejects_bad_input(gemma2_pair):
     with pytest.raises(ValueError, match="has token ids outside"):
         lm.generate(_ids([2, 99999]), max_new_tokens=2)
     assert _new_tokens(lm.generate(_ids(PROMPTS[0]), max_new_tokens=0)) == PROMPTS[0]
-
-
-def test_stream_pieces_hold_back_a_split_multibyte_character(tmp_path):
-    from keras_gemma.models.generation import IncrementalDetokenizer
-
-    tokenizer = GemmaTokenizer(build_tiny_vocabulary(str(tmp_path)))
-    first, second = tokenizer.token_to_id("<0xC3>"), tokenizer.token_to_id("<0xA9>")  # "é" in UTF-8
-    text = IncrementalDetokenizer(tokenizer, prefix=tokenizer.tokenize("The cat"))
-    assert text.emitted == "The cat"
-    assert text.add(first) == ""  # Half a character: held back.
-    assert text.add(second) == "é"
-    assert text.flush() == ""
-    text.add(first)  # A character that never completes is flushed at the end.
-    assert text.flush() == tokenizer.detokenize(text.tokens)[len("The caté"):]
-    assert text.flush() == ""

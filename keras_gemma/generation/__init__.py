@@ -1,0 +1,20 @@
+"""Text in, text out: generation on top of a `GemmaCausalLM`-like object.
+
+Modules, from the user-facing end down:
+
+- `generate`: `generate()` and `score()` (text in, text out, argument checks).
+- `chat_session`: `ChatSession`, a conversation whose KV cache survives turns.
+- `beam_search`: beam search over the compiled decode steps.
+- `engine`: `CompiledGenerator`, the fixed set of compiled programs; the one
+  module that branches on the Keras backend.
+- `decode_loop`: `DecodeState` and `DecodeLoop`, the backend-neutral loop.
+- `decoding`: prefill and cached steps of the model (`prefill`, `extend`).
+- `kv_cache`: `KVCache` / `RingKVCache`, one per layer, with `write` / `read`.
+- `prompts`: prompt ids, padding and length buckets; `is_text` / `text_list`.
+- `stopping`: stop-token resolution and the one stop-token truncation.
+- `detokenizer`: `IncrementalDetokenizer`, text pieces for streaming.
+
+generation/ works on the objects it is handed (`causal_lm.backbone`,
+`causal_lm.preprocessor`, `causal_lm.generator`) and imports only `layers/`
+and `samplers/`, never `models/` or `formats/`.
+"""
