@@ -260,35 +260,28 @@ class CompiledGenerator:
         return call
 
     def _loop(self, sampler, stop_token_ids, total_length, capacity, pad_token_id):
+        forward = self.decode_step(total_length)
+        backbone = self.causal_lm.backbone
         return DecodeLoop(
-            self.causal_lm.backbone,
-            sampler,
-            stop_token_ids,
-            total_length,
-            capacity,
-            self.decode_step(total_length),
-            pad_token_id,
+            backbone, sampler, stop_token_ids, total_length, capacity, forward, pad_token_id
         )
 
     # === Entry points ===
 
-    def generate(
-        self,
-        token_ids,
-        padding_mask,
-        max_new_tokens,
-        total_length,
-        sampler,
-        stop_token_ids,
-        seed=None,
-        pad_token_id=0,
-    ):
-        """Left-padded prompts `[b, P]` -> `(new tokens [b, capacity], count)`."""
+    def _prompt_loop(self, token_ids, total_length, sampler, stop_token_ids, pad_token_id):
+        """`(loop, key)` for left-padded prompts `[b, P]`: output room for every new token."""
         capacity = total_length - token_ids.shape[1] + 1
         loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
-        rng = self._rng(seed)
         key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids)
-        key += (pad_token_id,)
+        return loop, key + (pad_token_id,)
+
+    def generate(self, token_ids, padding_mask, max_new_tokens, total_length, sampler,
+                 stop_token_ids, seed=None, pad_token_id=0):
+        """Left-padded prompts `[b, P]` -> `(new tokens [b, capacity], count)`."""
+        loop, key = self._prompt_loop(
+            token_ids, total_length, sampler, stop_token_ids, pad_token_id
+        )
+        rng = self._rng(seed)
 
         def run(token_ids, padding_mask, max_new_tokens, rng):
             seed_fn = self._seed_fn(rng)
@@ -302,23 +295,13 @@ class CompiledGenerator:
         )
         return ops.convert_to_numpy(output), int(ops.convert_to_numpy(steps))
 
-    def stream(
-        self,
-        token_ids,
-        padding_mask,
-        max_new_tokens,
-        total_length,
-        sampler,
-        stop_token_ids,
-        seed=None,
-        pad_token_id=0,
-    ):
+    def stream(self, token_ids, padding_mask, max_new_tokens, total_length, sampler,
+               stop_token_ids, seed=None, pad_token_id=0):
         """Yields each step's new tokens `[b]` as NumPy, as soon as they exist."""
-        capacity = total_length - token_ids.shape[1] + 1
-        loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
+        loop, key = self._prompt_loop(
+            token_ids, total_length, sampler, stop_token_ids, pad_token_id
+        )
         rng = self._rng(seed)
-        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids)
-        key += (pad_token_id,)
 
         def prefill(token_ids, padding_mask, rng):
             return loop.prefill(token_ids, padding_mask, self._seed_fn(rng))
@@ -387,19 +370,8 @@ class CompiledGenerator:
             position += chunk
         return hidden, caches
 
-    def chat_decode(
-        self,
-        hidden,
-        caches,
-        slot,
-        max_new_tokens,
-        total_length,
-        sampler,
-        stop_token_ids,
-        seed=None,
-        pad_token_id=0,
-        stream=False,
-    ):
+    def chat_decode(self, hidden, caches, slot, max_new_tokens, total_length, sampler,
+                    stop_token_ids, seed=None, pad_token_id=0, stream=False):
         """Samples a reply after `hidden` (the last fed token at `slot - 1`).
 
         Returns `(tokens [1, capacity], count, caches)`, or with `stream=True`

@@ -6,7 +6,6 @@ arrays, checks the arguments, runs the model's `generator` (a
 text. `GemmaCausalLM.generate` and `score` call `generate` and `score` here.
 """
 
-import numpy as np
 from keras import ops
 
 from keras_gemma import samplers as sampler_lib
@@ -111,7 +110,8 @@ def _stream(causal_lm, prompt, arrays, strip_prompt, is_text_input):
         return
     text = None
     if is_text_input:
-        text = IncrementalDetokenizer(tokenizer_of(causal_lm), prefix=[] if strip_prompt else prompt)
+        prefix = [] if strip_prompt else prompt
+        text = IncrementalDetokenizer(tokenizer_of(causal_lm), prefix=prefix)
         if not strip_prompt:
             yield text.emitted
     steps = causal_lm.generator.stream(

@@ -45,7 +45,10 @@ def gemma2_pair(tmp_path_factory):
 
 
 def _ids(prompt):
-    return {"token_ids": np.array([prompt], "int32"), "padding_mask": np.ones((1, len(prompt)), "int32")}
+    return {
+        "token_ids": np.array([prompt], "int32"),
+        "padding_mask": np.ones((1, len(prompt)), "int32"),
+    }
 
 
 def _batch(prompts):
@@ -82,7 +85,9 @@ def _new_tokens(output, row=0):
 def test_cached_decoding_equals_full_forward_passes(pair):
     _, lm = pair
     count = 14  # crosses the 4-slot ring several times
-    output = lm.generate(_batch(PROMPTS), max_new_tokens=count, stop_token_ids=None, strip_prompt=True)
+    output = lm.generate(
+        _batch(PROMPTS), max_new_tokens=count, stop_token_ids=None, strip_prompt=True
+    )
     distinct = set()
     for row, prompt in enumerate(PROMPTS):
         expected = _greedy_by_full_forward(lm, prompt, count)
@@ -94,7 +99,9 @@ def test_cached_decoding_equals_full_forward_passes(pair):
 
 def test_batched_call_equals_one_by_one(gemma2_pair):
     _, lm = gemma2_pair
-    batched = lm.generate(_batch(PROMPTS), max_new_tokens=10, stop_token_ids=None, strip_prompt=True)
+    batched = lm.generate(
+        _batch(PROMPTS), max_new_tokens=10, stop_token_ids=None, strip_prompt=True
+    )
     for row, prompt in enumerate(PROMPTS):
         alone = lm.generate(_ids(prompt), max_new_tokens=10, stop_token_ids=None, strip_prompt=True)
         assert _new_tokens(batched, row) == _new_tokens(alone)
@@ -113,7 +120,9 @@ def test_greedy_equals_transformers_generate(pair):
             eos_token_id=None,
             pad_token_id=0,
         )[0, len(prompt):].tolist()
-        output = lm.generate(_ids(prompt), max_new_tokens=12, stop_token_ids=None, strip_prompt=True)
+        output = lm.generate(
+            _ids(prompt), max_new_tokens=12, stop_token_ids=None, strip_prompt=True
+        )
         assert _new_tokens(output) == expected
     # On PyTorch the decode steps above replayed traces checked against eager.
     assert lm.generator.eager_fallbacks == 0
@@ -157,14 +166,20 @@ def test_one_beam_is_greedy(gemma2_pair):
 
 def test_stop_token_ends_a_row(gemma2_pair):
     _, lm = gemma2_pair
-    free = _new_tokens(lm.generate(_ids(PROMPTS[0]), max_new_tokens=10, stop_token_ids=None, strip_prompt=True))
+    free = _new_tokens(
+        lm.generate(_ids(PROMPTS[0]), max_new_tokens=10, stop_token_ids=None, strip_prompt=True)
+    )
     stop = free[4]
     first = free.index(stop)
-    stopped = lm.generate(_ids(PROMPTS[0]), max_new_tokens=10, stop_token_ids=[stop], strip_prompt=True)
+    stopped = lm.generate(
+        _ids(PROMPTS[0]), max_new_tokens=10, stop_token_ids=[stop], strip_prompt=True
+    )
     assert _new_tokens(stopped) == free[:first]
 
 
-@pytest.mark.skipif(keras.config.backend() != "torch", reason="decode-step tracing is the PyTorch path")
+@pytest.mark.skipif(
+    keras.config.backend() != "torch", reason="decode-step tracing is the PyTorch path"
+)
 def test_torch_trace_that_reads_a_value_in_python_runs_eagerly(gemma2_pair):
     import torch
 
@@ -209,7 +224,8 @@ def test_score_equals_log_softmax_of_forward_pass(gemma2_pair):
     inputs = _batch(PROMPTS)
     scores = lm.score(inputs)
     logits = np.asarray(lm.predict_on_batch(inputs)).astype("float64")
-    log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    maximum = logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits - maximum).sum(-1, keepdims=True)) - maximum
     for row, prompt in enumerate(PROMPTS):
         expected = [log_probs[row, i, prompt[i + 1]] for i in range(len(prompt) - 1)]
         np.testing.assert_allclose(scores[row, : len(prompt) - 1], expected, atol=1e-4)
@@ -224,7 +240,9 @@ def text_lm(tmp_path_factory):
     directory = tmp_path_factory.mktemp("vocab")
     tokenizer = GemmaTokenizer(build_tiny_vocabulary(str(directory)))
     hf_model = make_transformers_model(
-        tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size), seed=2, embedding_scale=0.05
+        tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size),
+        seed=2,
+        embedding_scale=0.05,
     )
     checkpoint = str(tmp_path_factory.mktemp("hf_text"))
     save_transformers_checkpoint(hf_model, checkpoint)
@@ -235,7 +253,9 @@ def text_lm(tmp_path_factory):
 
 def test_string_prompts_and_strip_prompt(text_lm):
     texts = text_lm.generate(["The cat", "A dog sat on"], max_new_tokens=6, stop_token_ids=None)
-    stripped = text_lm.generate(["The cat", "A dog sat on"], max_new_tokens=6, stop_token_ids=None, strip_prompt=True)
+    stripped = text_lm.generate(
+        ["The cat", "A dog sat on"], max_new_tokens=6, stop_token_ids=None, strip_prompt=True
+    )
     assert texts[0].startswith("The cat") and texts[1].startswith("A dog sat on")
     assert texts[0] == "The cat" + stripped[0] or texts[0].startswith("The cat")
     single = text_lm.generate("The cat", max_new_tokens=6, stop_token_ids=None)
@@ -303,7 +323,9 @@ def test_chat_reply_ends_before_its_stop_token(text_lm):
 
 def test_fit_on_strings_lowers_the_loss(text_lm):
     lm = GemmaCausalLM(
-        keras_gemma.GemmaBackbone(**tiny_config("gemma", vocabulary_size=text_lm.backbone.vocabulary_size)),
+        keras_gemma.GemmaBackbone(
+            **tiny_config("gemma", vocabulary_size=text_lm.backbone.vocabulary_size)
+        ),
         text_lm.preprocessor,
     )
     lm.compile(optimizer=keras.optimizers.Adam(1e-2))

@@ -24,6 +24,10 @@ def _tokens(first_slot, count):
     return np.ascontiguousarray(key), -np.ascontiguousarray(key)
 
 
+def _tensors(*arrays):
+    return tuple(ops.convert_to_tensor(array) for array in arrays)
+
+
 class ReferenceCache:
     """What each entry must hold: slot `s` at entry `s` (full) or `s % length` (ring)."""
 
@@ -56,7 +60,7 @@ def _check(cache, reference, next_slot):
 def test_ring_cache_wraps_around_like_the_reference(write, prompt_length):
     length = 5
     key, value = _tokens(0, prompt_length)
-    cache = RingKVCache.from_prompt(ops.convert_to_tensor(key), ops.convert_to_tensor(value), length)
+    cache = RingKVCache.from_prompt(*_tensors(key, value), length)
     reference = ReferenceCache(length, ring=True)
     reference.write(0, key, value)
     _check(cache, reference, prompt_length)
@@ -64,7 +68,7 @@ def test_ring_cache_wraps_around_like_the_reference(write, prompt_length):
     for count in (1, 1, 3, 1, 7, 1, 2, 1, 1, 1, 1):  # one-token steps and chunks, many laps
         key, value = _tokens(slot, count)
         start = ops.convert_to_tensor(slot, "int32")
-        cache = cache.write(start, ops.convert_to_tensor(key), ops.convert_to_tensor(value), write)
+        cache = cache.write(start, *_tensors(key, value), write)
         assert isinstance(cache, RingKVCache) and cache.length == length
         reference.write(slot, key, value)
         slot += count
@@ -75,7 +79,7 @@ def test_ring_cache_wraps_around_like_the_reference(write, prompt_length):
 def test_full_cache_writes_each_slot_at_its_entry(write):
     length = 12
     key, value = _tokens(0, 4)
-    cache = KVCache.from_prompt(ops.convert_to_tensor(key), ops.convert_to_tensor(value), length)
+    cache = KVCache.from_prompt(*_tensors(key, value), length)
     reference = ReferenceCache(length, ring=False)
     reference.write(0, key, value)
     _check(cache, reference, 4)
@@ -83,7 +87,7 @@ def test_full_cache_writes_each_slot_at_its_entry(write):
     for count in (1, 3, 1, 2, 1):
         key, value = _tokens(slot, count)
         start = ops.convert_to_tensor(slot, "int32")
-        cache = cache.write(start, ops.convert_to_tensor(key), ops.convert_to_tensor(value), write)
+        cache = cache.write(start, *_tensors(key, value), write)
         assert type(cache) is KVCache
         reference.write(slot, key, value)
         slot += count
@@ -93,7 +97,7 @@ def test_full_cache_writes_each_slot_at_its_entry(write):
 def test_attention_mask_hides_padding_unwritten_and_out_of_window_entries():
     length, window, next_slot = 4, 3, 6
     key, value = _tokens(0, next_slot)
-    cache = RingKVCache.from_prompt(ops.convert_to_tensor(key), ops.convert_to_tensor(value), length)
+    cache = RingKVCache.from_prompt(*_tensors(key, value), length)
     query_slots = ops.convert_to_tensor([6], "int32")
     padding_counts = ops.convert_to_tensor([0, 5], "int32")
     mask = ops.convert_to_numpy(cache.attention_mask(6, query_slots, padding_counts, window))
@@ -106,7 +110,7 @@ def test_attention_mask_hides_padding_unwritten_and_out_of_window_entries():
 
 def test_cache_map_keeps_the_cache_kind():
     key, value = _tokens(0, 2)
-    cache = RingKVCache.from_prompt(ops.convert_to_tensor(key), ops.convert_to_tensor(value), 2)
+    cache = RingKVCache.from_prompt(*_tensors(key, value), 2)
     doubled = cache.map(lambda tensor: ops.repeat(tensor, 2, axis=0))
     assert isinstance(doubled, RingKVCache)
     assert tuple(doubled.key.shape) == (2 * BATCH, 2, HEADS, HEAD_DIM)
