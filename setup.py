@@ -1,7 +1,7 @@
 """Ships the repository's `presets/*.json` inside the wheel as `keras_gemma/_presets/`.
 
 Everything else is in pyproject.toml. Editable installs read `presets/` from the
-source tree directly (see `keras_gemma/models/preset_registry.py`).
+source tree directly (see `keras_gemma/formats/registry.py`).
 """
 
 import glob

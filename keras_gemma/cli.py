@@ -256,7 +256,7 @@ def run_convert(args):
 
     source = args.source
     if not source.startswith(("kaggle://", "hf://")) and not os.path.exists(source):
-        from keras_gemma.models import preset_registry
+        from keras_gemma.formats import registry as preset_registry
 
         if not preset_registry.is_registered(source):
             raise CommandError(f"{source!r} does not exist (expected a transformers checkpoint dir or a .gguf file)")
@@ -377,7 +377,7 @@ def _human(count):
 
 
 def run_presets(args):
-    from keras_gemma.models import preset_registry
+    from keras_gemma.formats import registry as preset_registry
 
     rows = []
     for name, metadata in preset_registry.list_presets().items():

@@ -14,17 +14,17 @@ undone here:
   Gemma runs with NEOX-style RoPE in llama.cpp), so projections are taken as is.
 - Tokens that the HF tokenizer config marks "special" are stored as CONTROL and
   user-defined pieces have their "▁" written as plain spaces; both are mapped
-  back to SentencePiece's own conventions (see `_sentencepiece_type`).
+  back to SentencePiece's own conventions (see `gguf_tokenizer`).
 """
 
 import collections.abc
 import dataclasses
 import os
-import struct
 
 import numpy as np
 
-_GGUF_MAGIC = b"GGUF"
+from keras_gemma.formats.gguf_header import parse_gguf
+from keras_gemma.formats.gguf_tokenizer import build_tokenizer_proto
 
 # GGUF `general.architecture` -> HF `model_type` and architecture class.
 _MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
@@ -66,10 +66,6 @@ _GLOBAL_TENSORS = {
     "output.weight": "lm_head.weight",  # Absent when embeddings are tied.
 }
 
-# `tokenizer.ggml.token_type` values (gguf.TokenType). SentencePiece's
-# `ModelProto.SentencePiece.Type` uses the same numbers.
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
-
 
 @dataclasses.dataclass(frozen=True)
 class GGUFCheckpoint:
@@ -84,14 +80,12 @@ class GGUFCheckpoint:
             memory-mapped file, so iterating holds one tensor at a time.
         tokenizer_proto: serialized SentencePiece `ModelProto` rebuilt from
             the GGUF vocabulary.
-        metadata: the GGUF's scalar key/values (`general.name`, ...).
     """
 
     path: str
     config: dict
     tensors: collections.abc.Mapping
     tokenizer_proto: bytes
-    metadata: dict
 
 
 class GGUFTensors(collections.abc.Mapping):
@@ -104,7 +98,7 @@ class GGUFTensors(collections.abc.Mapping):
 
     def __init__(self, path, entries):
         self._path = path
-        self._entries = entries  # {hf_name: (_TensorInfo, subtract_one)}
+        self._entries = entries  # {hf_name: (TensorInfo, subtract_one)}
 
     def __getitem__(self, name):
         from gguf import quants
@@ -129,12 +123,6 @@ class GGUFTensors(collections.abc.Mapping):
     def shapes(self):
         """Dict HF name -> shape tuple, read from the header only."""
         return {name: info.shape for name, (info, _) in self._entries.items()}
-
-    def quantization_types(self):
-        """Dict HF name -> GGML type name ("Q4_K", "F32", ...)."""
-        return {
-            name: info.quant_type.name for name, (info, _) in self._entries.items()
-        }
 
     def __repr__(self):
         return f"GGUFTensors({self._path!r}, {len(self)} tensors)"
@@ -169,7 +157,7 @@ def read_gguf(path):
     ```
     """
     path = os.fspath(path)
-    fields, tensor_infos = _parse_gguf(path)
+    fields, tensor_infos = parse_gguf(path)
     architecture = fields.get("general.architecture")
     if architecture not in _MODEL_TYPES:
         raise ValueError(
@@ -179,146 +167,13 @@ def read_gguf(path):
         )
     tensors = _map_tensors(path, architecture, tensor_infos)
     config = _build_config(path, architecture, fields, tensors)
-    tokenizer_proto = _build_tokenizer_proto(path, fields)
-    metadata = {
-        name: value
-        for name, value in fields.items()
-        if not name.startswith("tokenizer.ggml.")
-    }
+    tokenizer_proto = build_tokenizer_proto(path, fields)
     return GGUFCheckpoint(
         path=path,
         config=config,
         tensors=tensors,
         tokenizer_proto=tokenizer_proto,
-        metadata=metadata,
     )
-
-
-# GGUF metadata value types: struct format of each scalar type.
-_SCALAR_FORMATS = {
-    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-    10: "<Q", 11: "<q", 12: "<d",
-}
-_STRING, _ARRAY = 8, 9
-
-
-class _Truncated(Exception):
-    pass
-
-
-class _Cursor:
-    """Reads little-endian GGUF header values from a bytes-like buffer."""
-
-    def __init__(self, buffer):
-        self.buffer = buffer
-        self.offset = 0
-
-    def take(self, size):
-        end = self.offset + size
-        if end > len(self.buffer):
-            raise _Truncated(
-                f"needs {end} bytes to read the header, has {len(self.buffer)}"
-            )
-        chunk = self.buffer[self.offset:end]
-        self.offset = end
-        return chunk
-
-    def scalar(self, value_type):
-        fmt = _SCALAR_FORMATS[value_type]
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
-
-    def string(self):
-        return bytes(self.take(self.scalar(10))).decode("utf-8")
-
-    def value(self, value_type):
-        if value_type == _STRING:
-            return self.string()
-        if value_type == _ARRAY:
-            item_type, count = self.scalar(4), self.scalar(10)
-            if item_type == _STRING:
-                return [self.string() for _ in range(count)]
-            if item_type in _SCALAR_FORMATS:
-                dtype = np.dtype(_SCALAR_FORMATS[item_type])
-                array = np.frombuffer(self.take(dtype.itemsize * count), dtype)
-                return array.tolist() if item_type == 7 or count <= 64 else array
-            return [self.value(item_type) for _ in range(count)]
-        if value_type not in _SCALAR_FORMATS:
-            raise ValueError(f"unknown metadata value type {value_type}")
-        return self.scalar(value_type)
-
-
-def _parse_gguf(path):
-    """Returns ({metadata key: value}, [tensor info]) of a GGUF file."""
-    import gguf
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"GGUF file {path!r} does not exist.")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != _GGUF_MAGIC:
-        raise ValueError(
-            f"{path!r} is not a GGUF file: it starts with {magic!r}, "
-            f"expected the magic {_GGUF_MAGIC!r}."
-        )
-    file_size = os.path.getsize(path)
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    cursor = _Cursor(memoryview(data))
-    try:
-        cursor.take(4)
-        version = cursor.scalar(4)
-        if version not in (2, 3):
-            raise ValueError(f"GGUF version {version} is not supported (2, 3)")
-        tensor_count, kv_count = cursor.scalar(10), cursor.scalar(10)
-        fields = {}
-        for _ in range(kv_count):
-            key = cursor.string()
-            fields[key] = cursor.value(cursor.scalar(4))
-        raw_infos = []
-        for _ in range(tensor_count):
-            name = cursor.string()
-            dims = [cursor.scalar(10) for _ in range(cursor.scalar(4))]
-            raw_infos.append((name, dims, cursor.scalar(4), cursor.scalar(10)))
-    except _Truncated as error:
-        raise ValueError(f"GGUF file {path!r} is truncated: {error}.") from None
-    except (ValueError, UnicodeDecodeError, struct.error) as error:
-        raise ValueError(
-            f"GGUF file {path!r} is corrupt: its header could not be parsed "
-            f"({error})."
-        ) from None
-    alignment = int(fields.get("general.alignment", 32))
-    data_start = -(-cursor.offset // alignment) * alignment
-    tensor_infos = []
-    for name, dims, raw_type, offset in raw_infos:
-        try:
-            quant_type = gguf.GGMLQuantizationType(raw_type)
-        except ValueError:
-            raise ValueError(
-                f"GGUF file {path!r}: tensor {name!r} has unknown type "
-                f"{raw_type}."
-            ) from None
-        block_size, type_size = gguf.GGML_QUANT_SIZES[quant_type]
-        shape = tuple(int(dim) for dim in reversed(dims))  # Outermost first.
-        num_elements = int(np.prod(shape))
-        start = data_start + offset
-        end = start + num_elements // block_size * type_size
-        if end > file_size:
-            raise ValueError(
-                f"GGUF file {path!r} is truncated: tensor {name!r} needs bytes "
-                f"up to {end} but the file has {file_size}."
-            )
-        byte_shape = shape[:-1] + (shape[-1] // block_size * type_size,)
-        tensor_infos.append(
-            _TensorInfo(name, shape, quant_type, data[start:end].reshape(byte_shape))
-        )
-    return fields, tensor_infos
-
-
-@dataclasses.dataclass(frozen=True)
-class _TensorInfo:
-    name: str
-    shape: tuple  # HF layout, outermost dimension first.
-    quant_type: object  # gguf.GGMLQuantizationType
-    data: np.ndarray  # Memory-mapped raw bytes, [*shape[:-1], row_bytes].
 
 
 def _map_tensors(path, architecture, tensor_infos):
@@ -465,96 +320,3 @@ def _layer_types(path, architecture, num_layers, pattern):
         period = int(pattern) if pattern else (2 if architecture == "gemma2" else 6)
         sliding = [(i + 1) % period != 0 for i in range(num_layers)]
     return ["sliding_attention" if s else "full_attention" for s in sliding]
-
-
-def _sentencepiece_type(gguf_type, token_id, special_ids, unknown_id):
-    """Maps a llama.cpp token type back to Gemma's SentencePiece piece type.
-
-    llama.cpp's converter relabels every token that the HF tokenizer config
-    calls "special" (`<mask>`, `<unusedN>`, `<start_of_turn>`, ...) as CONTROL,
-    and `<unk>` with them. In Gemma's own SentencePiece model only `<pad>`,
-    `<eos>`, `<bos>` are control symbols and `<unk>` is UNKNOWN; the others are
-    user-defined symbols, which SentencePiece matches whole in raw text, so
-    that "<start_of_turn>" in a prompt encodes to one id.
-    """
-    if token_id == unknown_id:
-        return _UNKNOWN
-    if token_id in special_ids:
-        return _CONTROL
-    if gguf_type in (_CONTROL, _UNKNOWN):
-        return _USER_DEFINED
-    if gguf_type in (_NORMAL, _USER_DEFINED, _UNUSED, _BYTE):
-        return gguf_type
-    return _NORMAL
-
-
-def _build_tokenizer_proto(path, fields):
-    from sentencepiece import sentencepiece_model_pb2
-
-    model = fields.get("tokenizer.ggml.model")
-    if model != "llama":
-        raise ValueError(
-            f"GGUF file {path!r} has tokenizer model {model!r}; Gemma files "
-            "use 'llama' (SentencePiece)."
-        )
-    tokens = fields.get("tokenizer.ggml.tokens")
-    if not tokens:
-        raise ValueError(f"GGUF file {path!r} has no tokenizer.ggml.tokens.")
-    scores = _token_array(path, fields, "tokenizer.ggml.scores", len(tokens), 0.0)
-    types = _token_array(path, fields, "tokenizer.ggml.token_type", len(tokens), 1)
-
-    def special_id(key, default):
-        value = fields.get(f"tokenizer.ggml.{key}", default)
-        return int(value)
-
-    unknown_id = special_id("unknown_token_id", 3)
-    bos_id = special_id("bos_token_id", 2)
-    eos_id = special_id("eos_token_id", 1)
-    pad_id = special_id("padding_token_id", 0)
-    special_ids = {bos_id, eos_id, pad_id}
-
-    proto = sentencepiece_model_pb2.ModelProto()
-    piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
-    for token_id, (token, score, gguf_type) in enumerate(zip(tokens, scores, types)):
-        kind = _sentencepiece_type(int(gguf_type), token_id, special_ids, unknown_id)
-        # SentencePiece pieces never hold a raw space: llama.cpp wrote the
-        # user-defined whitespace pieces ("▁▁", ...) with plain spaces.
-        piece = proto.pieces.add()
-        piece.piece = token.replace(" ", "\u2581")
-        piece.score = float(score) if kind == _NORMAL else 0.0
-        if kind != piece_type.NORMAL:
-            piece.type = kind
-
-    trainer = proto.trainer_spec
-    trainer.model_type = sentencepiece_model_pb2.TrainerSpec.BPE
-    trainer.vocab_size = len(tokens)
-    trainer.byte_fallback = True
-    trainer.split_digits = True
-    trainer.allow_whitespace_only_pieces = True
-    trainer.max_sentencepiece_length = 16
-    trainer.unk_id, trainer.bos_id = unknown_id, bos_id
-    trainer.eos_id, trainer.pad_id = eos_id, pad_id
-    trainer.unk_piece, trainer.bos_piece = tokens[unknown_id], tokens[bos_id]
-    trainer.eos_piece, trainer.pad_piece = tokens[eos_id], tokens[pad_id]
-
-    normalizer = proto.normalizer_spec
-    normalizer.name = "identity"
-    normalizer.precompiled_charsmap = b""
-    normalizer.add_dummy_prefix = bool(
-        fields.get("tokenizer.ggml.add_space_prefix", False)
-    )
-    normalizer.remove_extra_whitespaces = False
-    normalizer.escape_whitespaces = True
-    return proto.SerializeToString()
-
-
-def _token_array(path, fields, name, length, default):
-    values = fields.get(name)
-    if values is None:
-        return [default] * length
-    if len(values) != length:
-        raise ValueError(
-            f"GGUF file {path!r}: {name!r} has {len(values)} entries for "
-            f"{length} tokens."
-        )
-    return np.asarray(values).tolist()

@@ -5,7 +5,8 @@ and 2, `keras_hub>Gemma3Backbone` for Gemma 3), `metadata.json` and the
 weights as `model.weights.h5` (or `model.weights.json` plus
 `model_NNNNN.weights.h5` shards). Nothing is deserialized: the config is
 read as data and mapped to `GemmaBackbone` arguments, and the HDF5 file is
-walked with h5py. Every kernel has the same shape in keras-hub and here.
+walked with h5py into `{variable path: array}` (`formats.variables`). Every
+kernel has the same shape in keras-hub and here.
 
 Facts about keras-hub used here (from its source, `models/gemma*/`):
 - `GemmaBackbone.intermediate_dim` is twice the width of one FFN branch (its
@@ -32,6 +33,8 @@ import os
 
 import numpy as np
 
+from keras_gemma.formats.files import read_json
+from keras_gemma.formats.variables import variable_shapes
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 
@@ -58,19 +61,8 @@ _LAYER_NAMES = {
 _DECODER_BLOCK_GROUPS = ("gemma_decoder_block", "gemma3_decoder_block")
 
 
-def _read_json(path):
-    from keras_gemma.formats import keras_preset
-
-    return keras_preset.read_json(path)
-
-
 def _class_name(config):
     return config.get("registered_name") or config.get("class_name")
-
-
-def is_keras_hub_preset(directory):
-    config = _read_json(os.path.join(directory, "config.json"))
-    return _class_name(config) in (GEMMA_REGISTERED_NAME, GEMMA3_REGISTERED_NAME)
 
 
 def backbone_config(directory):
@@ -80,7 +72,7 @@ def backbone_config(directory):
         `(config, stored_dtype)`: the constructor arguments and the dtype
         policy name keras-hub saved (e.g. "bfloat16"), or None.
     """
-    stored = _read_json(os.path.join(directory, "config.json"))
+    stored = read_json(os.path.join(directory, "config.json"))
     class_name = _class_name(stored)
     if class_name not in (GEMMA_REGISTERED_NAME, GEMMA3_REGISTERED_NAME):
         raise ValueError(
@@ -107,7 +99,8 @@ def backbone_config(directory):
     sliding = bool(hub.get("use_sliding_window_attention", False))
     if is_gemma3:
         layer_types = [
-            SLIDING_ATTENTION if sliding and index % GEMMA3_SLIDING_PATTERN < GEMMA3_SLIDING_PATTERN - 1
+            SLIDING_ATTENTION
+            if sliding and index % GEMMA3_SLIDING_PATTERN < GEMMA3_SLIDING_PATTERN - 1
             else FULL_ATTENTION
             for index in range(num_layers)
         ]
@@ -117,18 +110,27 @@ def backbone_config(directory):
                 f"{hub['local_rope_scaling_factor']}`) is not supported."
             )
         rope = {
-            "rope_wavelength": GEMMA3_GLOBAL_ROPE_WAVELENGTH if sliding else GEMMA3_LOCAL_ROPE_WAVELENGTH,
+            "rope_wavelength": GEMMA3_GLOBAL_ROPE_WAVELENGTH
+            if sliding
+            else GEMMA3_LOCAL_ROPE_WAVELENGTH,
             "local_rope_wavelength": GEMMA3_LOCAL_ROPE_WAVELENGTH,
             "rope_scaling_factor": float(
-                hub.get("global_rope_scaling_factor", 1.0) if sliding else hub.get("local_rope_scaling_factor", 1.0)
+                hub.get("global_rope_scaling_factor", 1.0)
+                if sliding
+                else hub.get("local_rope_scaling_factor", 1.0)
             ),
         }
         intermediate_dim = hub["intermediate_dim"]
     else:
         layer_types = [
-            SLIDING_ATTENTION if sliding and index % 2 == 0 else FULL_ATTENTION for index in range(num_layers)
+            SLIDING_ATTENTION if sliding and index % 2 == 0 else FULL_ATTENTION
+            for index in range(num_layers)
         ]
-        rope = {"rope_wavelength": 10_000.0, "local_rope_wavelength": 10_000.0, "rope_scaling_factor": 1.0}
+        rope = {
+            "rope_wavelength": 10_000.0,
+            "local_rope_wavelength": 10_000.0,
+            "rope_scaling_factor": 1.0,
+        }
         intermediate_dim = hub["intermediate_dim"] // 2
     if is_gemma3 and not sliding and num_layers >= GEMMA3_SLIDING_PATTERN:
         # keras-hub still gives layers `i % 6 < 5` base 10k and the others 1M.
@@ -175,7 +177,7 @@ def _weight_files(directory):
         return [single]
     index = os.path.join(directory, SHARDED_WEIGHTS_CONFIG)
     if os.path.isfile(index):
-        weight_map = _read_json(index).get("weight_map", {})
+        weight_map = read_json(index).get("weight_map", {})
         names = set()
         for value in weight_map.values():
             names.update(value if isinstance(value, list) else [value])
@@ -211,9 +213,10 @@ def _our_layer_path(group_path):
     return "/".join([top] + [_LAYER_NAMES.get(part, part) for part in rest])
 
 
-def read_weights(directory):
+def _read_layer_arrays(directory):
     """`{our layer path: [arrays in variable order]}` from keras-hub's HDF5 file(s)."""
     import h5py
+    import ml_dtypes  # Installed with keras and jax; tensorflow ships it too.
 
     arrays = {}
 
@@ -230,8 +233,6 @@ def read_weights(directory):
                 raise ValueError(f"`{name}/{index}` in {directory!r} is not a plain HDF5 dataset.")
             value = dataset[()]
             if dataset.attrs.get("dtype") == "bfloat16":
-                import ml_dtypes
-
                 value = np.asarray(value).view(ml_dtypes.bfloat16)
             values.append(np.asarray(value))
         arrays.setdefault(layer, values)
@@ -242,51 +243,43 @@ def read_weights(directory):
     return arrays
 
 
-def assign_weights(backbone, arrays, source):
-    """Assigns keras-hub arrays to `backbone`; every variable must be covered, shapes equal."""
-    used = set()
-    for variable in backbone.weights:
-        layer_path, _ = variable.path.rsplit("/", 1)
+def read_weights(directory, config):
+    """`{variable path: array}` for the backbone `config` describes (see `formats.variables`).
+
+    Every variable must have exactly one stored array of its shape, and every
+    stored layer must have a variable: otherwise a `ValueError` names the
+    preset and the weight.
+    """
+    directory = os.fspath(directory)
+    arrays = _read_layer_arrays(directory)
+    source = repr(directory)
+    gating = arrays.get("decoder_block_0/feed_forward/ffw_gating")
+    if gating and gating[0].shape[-1] != config["intermediate_dim"]:
+        raise ValueError(
+            f"keras-hub preset {source}: `intermediate_dim` in `config.json` implies FFN "
+            f"branches of width {config['intermediate_dim']}, but the stored gating kernel has "
+            f"{gating[0].shape[-1]}."
+        )
+    tensors = {}
+    for path, shape in variable_shapes(config).items():
+        layer_path = path.rsplit("/", 1)[0]
         if layer_path not in arrays or len(arrays[layer_path]) != 1:
             raise ValueError(
-                f"keras-hub preset {source} has no single weight for `{variable.path}` "
+                f"keras-hub preset {source} has no single weight for `{path}` "
                 f"(found {len(arrays.get(layer_path, []))} under `{layer_path}`)."
             )
         array = arrays[layer_path][0]
-        if tuple(array.shape) != tuple(variable.shape):
+        if tuple(array.shape) != shape:
             raise ValueError(
-                f"keras-hub weight `{layer_path}` in {source} has shape {tuple(array.shape)}, but "
-                f"`{variable.path}` needs {tuple(variable.shape)}. The weights do not match "
-                "`config.json`."
+                f"keras-hub weight `{layer_path}` in {source} has shape {tuple(array.shape)}, "
+                f"but `{path}` needs {shape}. The weights do not match `config.json`."
             )
-        variable.assign(array)
-        used.add(layer_path)
-    unused = sorted(set(arrays) - used)
+        tensors[path] = array
+    unused = sorted(set(arrays) - {path.rsplit("/", 1)[0] for path in tensors})
     if unused:
         raise ValueError(
             f"keras-hub preset {source} holds weights this text model has no place for: "
             f"{unused[:5]}{' ...' if len(unused) > 5 else ''} (a vision encoder, LoRA or "
             "quantized weights are not supported)."
         )
-
-
-def load_backbone(directory, dtype=None):
-    """A `GemmaBackbone` from a keras-hub Gemma / Gemma 3 preset directory."""
-    from keras_gemma.layers.initial_weights import weights_loaded_later
-    from keras_gemma.models.gemma_backbone import GemmaBackbone
-
-    directory = os.fspath(directory)
-    config, stored_dtype = backbone_config(directory)
-    arrays = read_weights(directory)
-    gating = arrays.get("decoder_block_0/feed_forward/ffw_gating")
-    if gating and gating[0].shape[-1] != config["intermediate_dim"]:
-        raise ValueError(
-            f"keras-hub preset {directory!r}: `intermediate_dim` in `config.json` implies FFN "
-            f"branches of width {config['intermediate_dim']}, but the stored gating kernel has "
-            f"{gating[0].shape[-1]}."
-        )
-    with weights_loaded_later():  # `assign_weights` covers every variable.
-        backbone = GemmaBackbone(**config, dtype=dtype or stored_dtype)
-    assign_weights(backbone, arrays, repr(directory))
-    return backbone
-
+    return tensors

@@ -11,16 +11,22 @@ Layout (the same file names as keras-hub's presets):
     assets/tokenizer/vocabulary.spm
 
 Only classes registered by this package are deserialized (Keras safe mode);
-nothing in the files is executed.
+nothing in the files is executed. The readers return plain data (configs);
+`keras_gemma.models.preset_loading` builds the objects.
 """
 
 import datetime
-import json
 import os
-import shutil
-import tempfile
 
 import keras
+
+from keras_gemma._version import __version__
+from keras_gemma.formats import preset as preset_files
+from keras_gemma.formats.files import atomic_directory_write
+from keras_gemma.formats.files import read_json
+from keras_gemma.formats.files import write_file_atomically
+from keras_gemma.formats.files import write_json
+from keras_gemma.formats.files import write_json_atomically
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -29,64 +35,17 @@ TASK_FILE = "task.json"
 OUR_REGISTERED_NAME = "keras_gemma>GemmaBackbone"
 
 
-def _write_json(path, data):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
+# === Writing ===
 
 
-def read_json(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Missing `{os.path.basename(path)}` in preset {os.path.dirname(path)!r}.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"`{path}` is not valid JSON: {error}") from None
+def write_backbone(backbone, directory):
+    """Writes `config.json`, `metadata.json` and `model.weights.h5` of a backbone.
 
-
-def atomic_directory_write(directory, write_contents):
-    """Runs `write_contents(tmp_dir)` then swaps `tmp_dir` into `directory`.
-
-    The new preset is written next to the target and renamed into place only
-    once complete; an existing preset is moved aside first and restored if the
-    swap fails. A failure while writing (a full disk, an exception) leaves the
-    previous preset untouched.
+    `backbone` is any Keras model with a serializable config; nothing here
+    is atomic (callers write into a staging directory).
     """
-    directory = os.path.abspath(os.fspath(directory))
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise ValueError(f"Cannot save a preset to {directory!r}: it is a file.")
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.saving-", dir=parent)
-    try:
-        write_contents(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    backup = None
-    if os.path.exists(directory):
-        backup = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)
-        os.rmdir(backup)
-        os.rename(directory, backup)
-    try:
-        os.rename(staging, directory)
-    except BaseException:
-        if backup is not None:
-            os.rename(backup, directory)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
-def _write_backbone(backbone, directory):
-    from keras_gemma import __version__
-
-    _write_json(
-        os.path.join(directory, CONFIG_FILE),
-        keras.saving.serialize_keras_object(backbone),
-    )
-    _write_json(
+    write_json(os.path.join(directory, CONFIG_FILE), keras.saving.serialize_keras_object(backbone))
+    write_json(
         os.path.join(directory, METADATA_FILE),
         {
             "keras_version": keras.__version__,
@@ -98,14 +57,12 @@ def _write_backbone(backbone, directory):
     backbone.save_weights(os.path.join(directory, WEIGHTS_FILE))
 
 
-def save_backbone(backbone, directory):
-    atomic_directory_write(directory, lambda staging: _write_backbone(backbone, staging))
-
-
 def save_causal_lm(causal_lm, directory):
+    """Writes a causal LM (backbone, `task.json`, preprocessor files) atomically."""
+
     def write(staging):
-        _write_backbone(causal_lm.backbone, staging)
-        _write_json(
+        write_backbone(causal_lm.backbone, staging)
+        write_json(
             os.path.join(staging, TASK_FILE),
             {"class_name": "GemmaCausalLM", "registered_name": "keras_gemma>GemmaCausalLM"},
         )
@@ -115,59 +72,86 @@ def save_causal_lm(causal_lm, directory):
     atomic_directory_write(directory, write)
 
 
+def write_object_config(directory, file_name, class_name, config):
+    """Writes `{"class_name", "config"}` as `directory/file_name`, atomically."""
+    write_json_atomically(
+        os.path.join(directory, file_name), {"class_name": class_name, "config": config}
+    )
+
+
+def write_tokenizer(directory, class_name, config, proto):
+    """Writes `tokenizer.json` and the vocabulary asset (`assets/tokenizer/vocabulary.spm`)."""
+    write_object_config(directory, preset_files.TOKENIZER_CONFIG_FILE, class_name, config)
+    write_file_atomically(os.path.join(directory, preset_files.KERAS_TOKENIZER_ASSET), proto)
+
+
+# === Reading ===
+
+
 def is_our_preset(directory):
     config = read_json(os.path.join(directory, CONFIG_FILE))
-    return config.get("registered_name") == OUR_REGISTERED_NAME or config.get("module", "").startswith(
-        "keras_gemma"
-    )
+    return config.get("registered_name") == OUR_REGISTERED_NAME or config.get(
+        "module", ""
+    ).startswith("keras_gemma")
 
 
 def backbone_config(directory):
     """The `GemmaBackbone` constructor config stored in the preset."""
     config = read_json(os.path.join(directory, CONFIG_FILE))
-    if config.get("registered_name") != OUR_REGISTERED_NAME or config.get("class_name") != "GemmaBackbone":
+    described = config.get("registered_name") or config.get("class_name")
+    if described != OUR_REGISTERED_NAME or config.get("class_name") != "GemmaBackbone":
         raise ValueError(
-            f"`config.json` in {directory!r} describes {config.get('registered_name') or config.get('class_name')!r}, "
-            f"not {OUR_REGISTERED_NAME!r}. Only this package's classes are loaded from presets."
+            f"`config.json` in {directory!r} describes {described!r}, not "
+            f"{OUR_REGISTERED_NAME!r}. Only this package's classes are loaded from presets."
         )
     return dict(config["config"])
 
 
-def load_backbone(directory, dtype=None):
-    from keras_gemma.layers.initial_weights import weights_loaded_later
-    from keras_gemma.models.gemma_backbone import GemmaBackbone
+def read_backbone(directory, dtype=None):
+    """`(config, dtype)` to build the backbone stored in our preset `directory`.
 
+    `config` holds the `GemmaBackbone` constructor arguments without `name`,
+    `trainable` and `dtype`. `dtype` is the requested one, else the stored
+    policy; a quantized model's stored `DTypePolicyMap` is kept (its layers
+    must be built quantized before `load_weights`), its float parts switched
+    to the requested dtype.
+    """
     config = backbone_config(directory)
     stored_dtype = config.pop("dtype", None)
-    if isinstance(stored_dtype, dict) and stored_dtype.get("class_name") == "DTypePolicyMap":
-        # A quantized model: its layers must be built quantized before loading.
-        dtype = _quantized_policy_map(stored_dtype, dtype)
-    elif dtype is None and isinstance(stored_dtype, dict):
-        stored_dtype = keras.dtype_policies.deserialize(stored_dtype)
     config.pop("name", None)
     config.pop("trainable", None)
-    with weights_loaded_later():
-        backbone = GemmaBackbone(**config, dtype=dtype or stored_dtype)
+    if isinstance(stored_dtype, dict) and stored_dtype.get("class_name") == "DTypePolicyMap":
+        return config, _quantized_policy_map(stored_dtype, dtype)
+    if dtype is None and isinstance(stored_dtype, dict):
+        stored_dtype = keras.dtype_policies.deserialize(stored_dtype)
+    return config, dtype or stored_dtype
+
+
+def load_weights(model, directory):
+    """Fills `model` (a Keras model built from `read_backbone`) from `model.weights.h5`.
+
+    Raises `ValueError` naming the file when it is damaged or holds a
+    different number of weights than the model: a model is never half-loaded.
+    """
     weights = os.path.join(directory, WEIGHTS_FILE)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"Missing `{WEIGHTS_FILE}` in preset {directory!r}.")
     try:
-        backbone.load_weights(weights)
+        model.load_weights(weights)
         stored = _stored_variable_count(weights)
     except Exception as error:
         raise ValueError(
             f"Cannot load `{weights}`: {type(error).__name__}: {error}. The file is damaged or "
             "does not match `config.json`."
         ) from None
-    if stored != len(backbone.weights):
+    if stored != len(model.weights):
         # `load_weights` ignores weights the model has no place for (a
         # `config.json` with fewer layers than the file): never half-load.
         raise ValueError(
             f"Cannot load `{weights}`: it holds {stored} weights, but the model that "
-            f"`config.json` describes has {len(backbone.weights)}. The file is damaged or "
+            f"`config.json` describes has {len(model.weights)}. The file is damaged or "
             "does not match `config.json`."
         )
-    return backbone
 
 
 def _stored_variable_count(path):
@@ -176,7 +160,9 @@ def _stored_variable_count(path):
 
     datasets = []
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: datasets.append(name) if isinstance(item, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, item: datasets.append(name) if isinstance(item, h5py.Dataset) else None
+        )
     return len(datasets)
 
 

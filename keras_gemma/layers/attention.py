@@ -8,7 +8,6 @@ h head_dim, d hidden_dim.
 import keras
 from keras import ops
 
-from keras_gemma.layers.initial_weights import initializer
 from keras_gemma.layers.layer_calls import call_layer
 from keras_gemma.layers.layer_calls import is_plain
 from keras_gemma.layers.rms_normalization import RMSNormalization
@@ -81,6 +80,8 @@ class GemmaAttention(keras.layers.Layer):
         rope_scaling_factor: float. Linear RoPE position scaling.
         layer_norm_epsilon: float. For the query/key norms.
         dropout: float. Dropout on the attention probabilities in training.
+        kernel_initializer: initializer name or config of the four projection
+            kernels; "zeros" when a loader overwrites them anyway.
 
     Call arguments:
         inputs: `[b, t, d]`.
@@ -111,6 +112,7 @@ class GemmaAttention(keras.layers.Layer):
         rope_scaling_factor=1.0,
         layer_norm_epsilon=1e-6,
         dropout=0.0,
+        kernel_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -124,6 +126,7 @@ class GemmaAttention(keras.layers.Layer):
         self.rope_scaling_factor = rope_scaling_factor
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
+        self.kernel_initializer = kernel_initializer
         self.groups = num_query_heads // num_key_value_heads
 
         policy = self.dtype_policy
@@ -133,21 +136,21 @@ class GemmaAttention(keras.layers.Layer):
             "btd,ndh->btnh",
             output_shape=(None, num_query_heads, head_dim),
             name="query",
-            kernel_initializer=initializer("glorot_uniform"),
+            kernel_initializer=kernel_initializer,
             dtype=policy,
         )
         self.key = keras.layers.EinsumDense(
             "bsd,kdh->bskh",
             output_shape=(None, num_key_value_heads, head_dim),
             name="key",
-            kernel_initializer=initializer("glorot_uniform"),
+            kernel_initializer=kernel_initializer,
             dtype=policy,
         )
         self.value = keras.layers.EinsumDense(
             "bsd,kdh->bskh",
             output_shape=(None, num_key_value_heads, head_dim),
             name="value",
-            kernel_initializer=initializer("glorot_uniform"),
+            kernel_initializer=kernel_initializer,
             dtype=policy,
         )
         if use_query_key_norm:
@@ -172,7 +175,7 @@ class GemmaAttention(keras.layers.Layer):
             "btnh,nhd->btd",
             output_shape=(None, hidden_dim),
             name="attention_output",
-            kernel_initializer=initializer("glorot_uniform"),
+            kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy,
         )
         self.attention_output.build(
@@ -261,6 +264,9 @@ class GemmaAttention(keras.layers.Layer):
                 "rope_scaling_factor": self.rope_scaling_factor,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "dropout": self.dropout,
+                "kernel_initializer": keras.initializers.serialize(
+                    keras.initializers.get(self.kernel_initializer)
+                ),
             }
         )
         return config

@@ -42,6 +42,8 @@ class GemmaDecoderBlock(keras.layers.Layer):
         rope_scaling_factor: float.
         layer_norm_epsilon: float.
         dropout: float. Applied to each branch's output in training.
+        kernel_initializer: initializer name or config of the attention and
+            feed-forward kernels; "zeros" when a loader overwrites them anyway.
 
     Call arguments:
         inputs: `[batch, seq, hidden_dim]`.
@@ -80,6 +82,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
         rope_scaling_factor=1.0,
         layer_norm_epsilon=1e-6,
         dropout=0.0,
+        kernel_initializer="glorot_uniform",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -105,6 +108,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
         self.rope_scaling_factor = rope_scaling_factor
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
+        self.kernel_initializer = kernel_initializer
 
         policy = self.dtype_policy
         self.pre_attention_norm = RMSNormalization(
@@ -121,6 +125,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
             rope_scaling_factor=rope_scaling_factor,
             layer_norm_epsilon=layer_norm_epsilon,
             dropout=dropout,
+            kernel_initializer=kernel_initializer,
             name="attention",
             dtype=policy,
         )
@@ -132,7 +137,11 @@ class GemmaDecoderBlock(keras.layers.Layer):
             layer_norm_epsilon, name="pre_ffw_norm", dtype=policy
         )
         self.feed_forward = GatedFeedForward(
-            hidden_dim, intermediate_dim, name="feed_forward", dtype=policy
+            hidden_dim,
+            intermediate_dim,
+            kernel_initializer=kernel_initializer,
+            name="feed_forward",
+            dtype=policy,
         )
         if use_post_ffw_norm:
             self.post_ffw_norm = RMSNormalization(
@@ -221,6 +230,9 @@ class GemmaDecoderBlock(keras.layers.Layer):
                 "rope_scaling_factor": self.rope_scaling_factor,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "dropout": self.dropout,
+                "kernel_initializer": keras.initializers.serialize(
+                    keras.initializers.get(self.kernel_initializer)
+                ),
             }
         )
         return config

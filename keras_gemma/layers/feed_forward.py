@@ -3,7 +3,6 @@
 import keras
 from keras import ops
 
-from keras_gemma.layers.initial_weights import initializer
 from keras_gemma.layers.layer_calls import call_layer
 
 
@@ -18,6 +17,8 @@ class GatedFeedForward(keras.layers.Layer):
     Args:
         hidden_dim: int. Model width `d`.
         intermediate_dim: int. Width of ONE branch (HF `intermediate_size`).
+        kernel_initializer: initializer name or config of the three kernels;
+            "zeros" when a loader overwrites them anyway.
 
     Call arguments:
         inputs: tensor `[batch, seq, hidden_dim]`.
@@ -29,14 +30,17 @@ class GatedFeedForward(keras.layers.Layer):
         A tensor `[batch, seq, hidden_dim]`.
     """
 
-    def __init__(self, hidden_dim, intermediate_dim, **kwargs):
+    def __init__(
+        self, hidden_dim, intermediate_dim, kernel_initializer="glorot_uniform", **kwargs
+    ):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
+        self.kernel_initializer = kernel_initializer
         dense_kwargs = {
             "dtype": self.dtype_policy,
             "use_bias": False,
-            "kernel_initializer": initializer("glorot_uniform"),
+            "kernel_initializer": kernel_initializer,
         }
         self.ffw_gating = keras.layers.Dense(
             intermediate_dim, name="ffw_gating", **dense_kwargs
@@ -67,6 +71,9 @@ class GatedFeedForward(keras.layers.Layer):
             {
                 "hidden_dim": self.hidden_dim,
                 "intermediate_dim": self.intermediate_dim,
+                "kernel_initializer": keras.initializers.serialize(
+                    keras.initializers.get(self.kernel_initializer)
+                ),
             }
         )
         return config

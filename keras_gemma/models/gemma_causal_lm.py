@@ -3,11 +3,15 @@
 import keras
 
 from keras_gemma import samplers as sampler_lib
+from keras_gemma.formats import keras_preset
+from keras_gemma.formats import transformers_export
 from keras_gemma.generation import generate as text_generation
 from keras_gemma.generation import prompts
 from keras_gemma.generation.chat_session import ChatSession
 from keras_gemma.generation.engine import CompiledGenerator
 from keras_gemma.layers.tied_logits import logits_from_hidden_states
+from keras_gemma.models import preset_loading
+from keras_gemma.models.gemma_backbone import GemmaBackbone
 
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
@@ -223,21 +227,18 @@ class GemmaCausalLM(keras.Model):
             sequence_length: int. The preprocessor's training sequence length;
                 by default the preset's own (`preprocessor.json`), else 1024.
         """
-        from keras_gemma.formats import loader
-
-        return loader.load_causal_lm(handle, dtype=dtype, sequence_length=sequence_length)
+        backbone, preprocessor = preset_loading.load_backbone_and_preprocessor(
+            GemmaBackbone, handle, dtype=dtype, sequence_length=sequence_length
+        )
+        return cls(backbone=backbone, preprocessor=preprocessor)
 
     def save_to_preset(self, directory):
         """Writes a Keras preset directory (atomically: a failure keeps the old one)."""
-        from keras_gemma.formats import keras_preset
-
         keras_preset.save_causal_lm(self, directory)
 
     def export_to_transformers(self, directory):
         """Writes a transformers checkpoint (`config.json`, safetensors, tokenizer)."""
-        from keras_gemma.formats import transformers
-
-        transformers.export_causal_lm(self, directory)
+        transformers_export.export_causal_lm(self, directory)
 
     def get_config(self):
         return {

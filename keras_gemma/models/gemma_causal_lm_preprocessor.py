@@ -1,16 +1,14 @@
 """Strings to Gemma causal LM inputs, labels and sample weights."""
 
-import json
-import os
-
 import keras
 import numpy as np
 
+from keras_gemma.formats import keras_preset
+from keras_gemma.formats import loader
+from keras_gemma.formats.preset import PREPROCESSOR_CONFIG_FILE
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
 from keras_gemma.models.gemma_tokenizer import is_tensorflow_tensor
-from keras_gemma.models.gemma_tokenizer import write_file_atomically
 
-PREPROCESSOR_CONFIG_FILE = "preprocessor.json"
 TRUNCATE_MODES = ("error", "right", "left")
 
 
@@ -305,9 +303,7 @@ class GemmaCausalLMPreprocessor:
             **kwargs: constructor arguments to override, e.g.
                 `sequence_length=1024`.
         """
-        from keras_gemma.formats import loader
-
-        if isinstance(handle, (str, os.PathLike)) and os.path.isfile(handle) and not os.fspath(handle).endswith(".gguf"):
+        if loader.is_proto_file(handle):
             return cls(tokenizer=GemmaTokenizer.from_preset(handle), **kwargs)
         kind, path, _ = loader.resolve(handle)
         config = dict(loader.preprocessor_settings(kind, path), **kwargs)
@@ -318,11 +314,8 @@ class GemmaCausalLMPreprocessor:
         """Writes `preprocessor.json` and the tokenizer's files."""
         config = self.get_config()
         del config["tokenizer"]
-        write_file_atomically(
-            os.path.join(directory, PREPROCESSOR_CONFIG_FILE),
-            json.dumps(
-                {"class_name": type(self).__name__, "config": config}, indent=2
-            ),
+        keras_preset.write_object_config(
+            directory, PREPROCESSOR_CONFIG_FILE, type(self).__name__, config
         )
         self.tokenizer.save_to_preset(directory)
 

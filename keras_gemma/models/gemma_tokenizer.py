@@ -1,7 +1,6 @@
 """Gemma's SentencePiece tokenizer, with or without TensorFlow."""
 
 import base64
-import json
 import os
 import re
 import sys
@@ -10,9 +9,9 @@ import keras
 import numpy as np
 import sentencepiece
 
-from keras_gemma.formats import preset as preset_lib
+from keras_gemma.formats import keras_preset
+from keras_gemma.formats import loader
 
-TOKENIZER_CONFIG_FILE = "tokenizer.json"
 START_OF_TURN_TOKEN = "<start_of_turn>"
 END_OF_TURN_TOKEN = "<end_of_turn>"
 CHAT_ROLES = ("system", "user", "assistant", "model")
@@ -30,17 +29,6 @@ def is_tensorflow_tensor(value):
     if tensorflow is None:
         return False
     return isinstance(value, (tensorflow.Tensor, tensorflow.RaggedTensor))
-
-
-def write_file_atomically(path, data):
-    """Writes `data` (bytes or str) to `path` through a temporary file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary_path = f"{path}.tmp{os.getpid()}"
-    mode = "wb" if isinstance(data, bytes) else "w"
-    encoding = None if isinstance(data, bytes) else "utf-8"
-    with open(temporary_path, mode, encoding=encoding) as file:
-        file.write(data)
-    os.replace(temporary_path, path)
 
 
 def _re2_escape(text):
@@ -427,24 +415,13 @@ class GemmaTokenizer:
                 directory, a `.gguf` file, `kaggle://` / `hf://`), or a
                 SentencePiece `.model`/`.spm` file.
         """
-        from keras_gemma.formats import loader
-
-        return cls(proto=loader.load_tokenizer_proto(handle))
+        return cls(proto=loader.tokenizer_proto(handle))
 
     def save_to_preset(self, directory):
-        """Writes `tokenizer.json` and `assets/tokenizer/vocabulary.spm`."""
+        """Writes `tokenizer.json` and `assets/tokenizer/vocabulary.spm` (each atomically)."""
         config = self.get_config()
         del config["proto"]
-        write_file_atomically(
-            os.path.join(directory, TOKENIZER_CONFIG_FILE),
-            json.dumps(
-                {"class_name": type(self).__name__, "config": config}, indent=2
-            ),
-        )
-        write_file_atomically(
-            os.path.join(directory, preset_lib.KERAS_TOKENIZER_ASSET),
-            self.proto,
-        )
+        keras_preset.write_tokenizer(directory, type(self).__name__, config, self.proto)
 
 
 def _as_text_list(inputs):

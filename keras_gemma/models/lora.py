@@ -1,5 +1,8 @@
 """LoRA for `GemmaBackbone`: enable, save / load the adapter, merge, PEFT export.
 
+The adapter files are read and written by `keras_gemma.formats.lora_files`
+and `keras_gemma.formats.peft`; this module works on the layers.
+
 Adapters are Keras' own (`EinsumDense.enable_lora`, `Dense.enable_lora`): a
 layer with kernel `W` of shape `(..., out)` gets `lora_kernel_a` `(..., r)` and
 `lora_kernel_b` `(r, out)` and computes with `W + (alpha / r) * a @ b`.
@@ -15,34 +18,21 @@ runs unchanged on every backend.
 """
 
 import dataclasses
-import json
 import os
-import tempfile
 
 import keras
 import numpy as np
 from keras import ops
+
+from keras_gemma.formats import lora_files
+from keras_gemma.formats import peft
+from keras_gemma.formats.transformers_config import transformers_config_from_backbone
 
 ATTENTION_TARGETS = ("query", "key", "value", "attention_output")
 FEED_FORWARD_TARGETS = ("ffw_gating", "ffw_gating_2", "ffw_linear")
 VALID_TARGETS = ATTENTION_TARGETS + FEED_FORWARD_TARGETS
 TARGET_SETS = {"attention": ATTENTION_TARGETS, "all": VALID_TARGETS}
 DEFAULT_TARGETS = ("query", "value")
-ADAPTER_SUFFIXES = (".lora.h5", ".safetensors")
-FORMAT_VERSION = 1
-
-# HF module names (under `model.layers.{i}.`) for each target.
-PEFT_MODULES = {
-    "query": "self_attn.q_proj",
-    "key": "self_attn.k_proj",
-    "value": "self_attn.v_proj",
-    "attention_output": "self_attn.o_proj",
-    "ffw_gating": "mlp.gate_proj",
-    "ffw_gating_2": "mlp.up_proj",
-    "ffw_linear": "mlp.down_proj",
-}
-PEFT_CONFIG_FILE = "adapter_config.json"
-PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 @dataclasses.dataclass
@@ -172,98 +162,22 @@ def lora_parameter_count(config, rank, target_names=DEFAULT_TARGETS):
 # === Save / load ===
 
 
-def _adapter_format(path):
-    path = os.fspath(path)
-    for suffix in ADAPTER_SUFFIXES:
-        if path.endswith(suffix):
-            return suffix
-    raise ValueError(
-        f"An adapter file name must end in one of {list(ADAPTER_SUFFIXES)}. Received: path={path!r}"
-    )
-
-
-def _metadata(backbone, state):
-    return {
-        "format": "keras_gemma.lora",
-        "format_version": FORMAT_VERSION,
+def save_lora_weights(backbone, path):
+    """Writes the adapter weights and their rank / alpha / targets to one file."""
+    lora_files.adapter_format(path)
+    state = _require_state(backbone, "save_lora_weights")
+    tensors = {}
+    for key, _, _, layer in target_layers(backbone, state.target_names):
+        for part in ("lora_kernel_a", "lora_kernel_b"):
+            value = ops.convert_to_numpy(getattr(layer, part))
+            tensors[f"{key}/{part}"] = np.asarray(value, "float32")
+    settings = {
         "rank": state.rank,
         "alpha": state.alpha,
         "target_names": list(state.target_names),
         "num_layers": backbone.num_layers,
     }
-
-
-def _atomic_write(path, write):
-    """`write(tmp_path)` then rename over `path`: a failure keeps the old file."""
-    path = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(handle)
-    try:
-        write(staging)
-        os.replace(staging, path)
-    except BaseException:
-        if os.path.exists(staging):
-            os.remove(staging)
-        raise
-
-
-def save_lora_weights(backbone, path):
-    """Writes the adapter weights and their rank / alpha / targets to one file."""
-    suffix = _adapter_format(path)
-    state = _require_state(backbone, "save_lora_weights")
-    tensors = {}
-    for key, _, _, layer in target_layers(backbone, state.target_names):
-        tensors[f"{key}/lora_kernel_a"] = np.asarray(ops.convert_to_numpy(layer.lora_kernel_a), "float32")
-        tensors[f"{key}/lora_kernel_b"] = np.asarray(ops.convert_to_numpy(layer.lora_kernel_b), "float32")
-    metadata = _metadata(backbone, state)
-
-    def write_h5(staging):
-        import h5py
-
-        with h5py.File(staging, "w") as f:
-            f.attrs["metadata"] = json.dumps(metadata)
-            for key, array in tensors.items():
-                f.create_dataset(key, data=array)
-
-    def write_safetensors(staging):
-        from safetensors.numpy import save_file
-
-        save_file(tensors, staging, metadata={"keras_gemma_lora": json.dumps(metadata)})
-
-    _atomic_write(path, write_h5 if suffix == ".lora.h5" else write_safetensors)
-
-
-def read_lora_file(path):
-    """`(metadata, {key: array})` from a file written by `save_lora_weights`."""
-    suffix = _adapter_format(path)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No adapter file at {path!r}.")
-    try:
-        if suffix == ".lora.h5":
-            import h5py
-
-            tensors = {}
-            with h5py.File(path, "r") as f:
-                metadata = json.loads(f.attrs["metadata"])
-                f.visititems(
-                    lambda key, item: tensors.__setitem__(key, item[()]) if isinstance(item, h5py.Dataset) else None
-                )
-        else:
-            from safetensors import safe_open
-
-            with safe_open(path, framework="numpy") as f:
-                metadata = json.loads(f.metadata()["keras_gemma_lora"])
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (OSError, KeyError, ValueError, TypeError) as error:
-        raise ValueError(
-            f"{path!r} is not a keras_gemma LoRA adapter file ({type(error).__name__}: {error})."
-        ) from None
-    if metadata.get("format") != "keras_gemma.lora":
-        raise ValueError(f"{path!r} is not a keras_gemma LoRA adapter file (metadata: {metadata}).")
-    return metadata, tensors
+    lora_files.write_lora_file(path, settings, tensors)
 
 
 def load_lora_weights(backbone, path):
@@ -272,7 +186,7 @@ def load_lora_weights(backbone, path):
     Rank, alpha, targets and layer count must match an already-enabled adapter.
     Every tensor is checked before any is assigned, so a bad file changes nothing.
     """
-    metadata, tensors = read_lora_file(path)
+    metadata, tensors = lora_files.read_lora_file(path)
     rank, alpha = int(metadata["rank"]), float(metadata["alpha"])
     names = resolve_target_names(metadata["target_names"])
     if metadata["num_layers"] != backbone.num_layers:
@@ -408,91 +322,36 @@ def _checkpointed(call):
 # === PEFT export ===
 
 
-def _peft_factors(layer, target_name, config):
-    """`(lora_A [r', in], lora_B [out, r'], r')` in HF's layout for one layer.
-
-    Keras multiplies `a @ b`; PEFT adds `B @ A` to HF's `[out, in]` weight.
-    - Dense (in, out): A = a.T, B = b.T.
-    - attention_output (n, h, d) with a (n, h, r): HF's input is n*h flattened
-      head-major, so A = a.reshape(n*h, r).T, B = b.T, rank r.
-    - query/key/value (heads, d, h) with a per-head `a` (heads, d, r) and a
-      shared `b` (r, h): HF's output is heads*h, so the exact PEFT form has rank
-      heads*r: A stacks the heads' `a`, B is block-diagonal with `b.T` per head.
-    """
-    a = np.asarray(ops.convert_to_numpy(layer.lora_kernel_a), "float32")
-    b = np.asarray(ops.convert_to_numpy(layer.lora_kernel_b), "float32")
-    rank = b.shape[0]
-    if target_name in FEED_FORWARD_TARGETS:
-        return a.T, b.T, rank
-    if target_name == "attention_output":
-        return a.reshape(-1, rank).T, b.T, rank
-    heads, hidden, _ = a.shape
-    head_dim = b.shape[1]
-    lora_a = a.transpose(0, 2, 1).reshape(heads * rank, hidden)  # (heads*r, d)
-    lora_b = np.zeros((heads * head_dim, heads * rank), "float32")  # (heads*h, heads*r)
-    for head in range(heads):
-        lora_b[head * head_dim : (head + 1) * head_dim, head * rank : (head + 1) * rank] = b.T
-    return lora_a, lora_b, heads * rank
-
-
 def export_lora_to_peft(backbone, directory, base_model_name_or_path=None):
-    """Writes `adapter_config.json` + `adapter_model.safetensors` for `peft`.
+    """Writes the adapter in Hugging Face PEFT's layout (see `keras_gemma.formats.peft`).
 
-    The adapter loads with `peft.PeftModel.from_pretrained(hf_model, directory)`
-    onto the transformers model that `export_to_transformers` writes for this
-    backbone. Query/key/value adapters export with rank `heads * rank`
-    (block-diagonal `lora_B`, declared in `rank_pattern` / `alpha_pattern` so the
-    scaling `alpha / rank` is unchanged); the update is exactly the same.
+    Query/key/value adapters export with rank `heads * rank` (block-diagonal
+    `lora_B`); the update is exactly the same.
     """
-    from keras_gemma.formats.keras_preset import atomic_directory_write
-    from keras_gemma.formats.transformers import transformers_config_from_backbone
-
     state = _require_state(backbone, "export_lora_to_peft")
-    for _, _, name, layer in target_layers(backbone, state.target_names):
+    layers = target_layers(backbone, state.target_names)
+    for _, _, name, layer in layers:
         if layer.quantization_mode not in (None, "int8"):
             raise NotImplementedError(
-                f"PEFT export of LoRA on a {layer.quantization_mode!r}-quantized `{name}` is not supported."
+                f"PEFT export of LoRA on a {layer.quantization_mode!r}-quantized `{name}` "
+                "is not supported."
             )
-    config = backbone.get_config()
     # Raises a clear ValueError when transformers has no model type for the config.
-    hf_config = transformers_config_from_backbone(config)
-    tensors = {}
-    ranks = {}
-    for _, index, name, layer in target_layers(backbone, state.target_names):
-        lora_a, lora_b, rank = _peft_factors(layer, name, config)
-        module = f"base_model.model.model.layers.{index}.{PEFT_MODULES[name]}"
-        tensors[f"{module}.lora_A.weight"] = np.ascontiguousarray(lora_a)
-        tensors[f"{module}.lora_B.weight"] = np.ascontiguousarray(lora_b)
-        ranks[PEFT_MODULES[name].split(".")[-1]] = rank
-    scale = state.alpha / state.rank
-    modules = [PEFT_MODULES[name].split(".")[-1] for name in state.target_names]
-    adapter_config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name_or_path,
-        "r": state.rank,
-        "lora_alpha": state.alpha,
-        "target_modules": modules,
-        # Per-module ranks where the exact form needs more than `r` (q/k/v).
-        "rank_pattern": {module: rank for module, rank in ranks.items() if rank != state.rank},
-        "alpha_pattern": {
-            module: rank * scale for module, rank in ranks.items() if rank != state.rank
-        },
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "use_rslora": False,
-        "init_lora_weights": True,
-        "modules_to_save": None,
-        "inference_mode": True,
-    }
-
-    atomic_directory_write(directory, lambda staging: _write_into(staging, adapter_config, tensors))
-
-
-def _write_into(directory, adapter_config, tensors):
-    from safetensors.numpy import save_file
-
-    with open(os.path.join(directory, PEFT_CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(adapter_config, f, indent=2)
-    save_file(tensors, os.path.join(directory, PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+    transformers_config_from_backbone(backbone.get_config())
+    adapters = [
+        (
+            index,
+            name,
+            ops.convert_to_numpy(layer.lora_kernel_a),
+            ops.convert_to_numpy(layer.lora_kernel_b),
+        )
+        for _, index, name, layer in layers
+    ]
+    peft.write_peft_adapter(
+        directory,
+        adapters,
+        state.rank,
+        state.alpha,
+        state.target_names,
+        base_model=base_model_name_or_path,
+    )

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from keras_gemma.formats.transformers import transformers_config_from_backbone
+from keras_gemma.formats.transformers_config import transformers_config_from_backbone
 
 
 def make_transformers_model(config, seed=0, scale=1.0, embedding_scale=1.0):

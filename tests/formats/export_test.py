@@ -119,7 +119,7 @@ class TestExportToTransformers(TestCase):
             self.assert_all_close(ours, theirs, atol=0, rtol=0)
 
     def test_failed_export_keeps_the_previous_one(self, exports, tmp_path, monkeypatch):
-        from keras_gemma.formats import transformers as hf_format
+        from keras_gemma.formats import transformers_export as hf_format
 
         target = str(tmp_path / "export")
         exports["gemma"]["lm"].export_to_transformers(target)

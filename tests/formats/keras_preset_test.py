@@ -127,7 +127,7 @@ class TestKerasPreset(TestCase):
         with open(os.path.join(directory, "config.json"), "w") as file:
             json.dump(config, file)
         with pytest.raises(ValueError, match="Only this package's classes"):
-            keras_preset.load_backbone(directory)
+            keras_preset.read_backbone(directory)
 
     def test_damaged_weights_error(self, tmp_path):
         directory = str(tmp_path / "preset")

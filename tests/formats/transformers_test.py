@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from keras_gemma.formats import transformers as hf_format
-from keras_gemma.formats.transformers import backbone_config_from_transformers
-from keras_gemma.formats.transformers import transformers_config_from_backbone
+from keras_gemma.formats.transformers_config import backbone_config_from_transformers
+from keras_gemma.formats.transformers_config import transformers_config_from_backbone
 from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.testing.configs import FAMILIES
@@ -116,7 +116,7 @@ class TestTransformersCheckpoints(TestCase):
         os.remove(os.path.join(directory, sorted(shards)[-1]))
         message = "listed in `model.safetensors.index.json` is missing"
         with pytest.raises(FileNotFoundError, match=message):
-            hf_format.load_backbone(directory)
+            hf_format.read_checkpoint(directory)
 
     def test_bfloat16_load(self, checkpoints):
         checkpoint = checkpoints["gemma3"]
@@ -359,7 +359,7 @@ class TestBadCheckpoints(TestCase):
             os.path.join(checkpoints["gemma"]["directory"], "model.safetensors"), directory
         )
         with pytest.raises(FileNotFoundError, match="No `config.json` in"):
-            hf_format.load_backbone(str(directory))
+            hf_format.read_checkpoint(str(directory))
         with pytest.raises(FileNotFoundError):
             GemmaBackbone.from_preset(str(directory))
 
@@ -368,7 +368,7 @@ class TestBadCheckpoints(TestCase):
         directory.mkdir()
         shutil.copy(os.path.join(checkpoints["gemma"]["directory"], "config.json"), directory)
         with pytest.raises(FileNotFoundError, match="No weights in .*expected `model.safetensors`"):
-            hf_format.load_backbone(str(directory))
+            hf_format.read_checkpoint(str(directory))
         with pytest.raises(FileNotFoundError, match="No weights in"):
             GemmaBackbone.from_preset(str(directory))
 
@@ -384,19 +384,19 @@ class TestBadCheckpoints(TestCase):
     def test_unsupported_model_type(self, checkpoints, tmp_path):
         directory = self._copy_with_config(checkpoints, tmp_path, model_type="mistral")
         with pytest.raises(ValueError, match="Unsupported transformers `model_type` 'mistral'"):
-            hf_format.load_backbone(directory)
+            hf_format.read_checkpoint(directory)
 
     def test_unsupported_rope_type(self, checkpoints, tmp_path):
         directory = self._copy_with_config(
             checkpoints, tmp_path, rope_parameters={"rope_type": "yarn", "factor": 2.0}
         )
         with pytest.raises(ValueError, match="Unsupported RoPE type 'yarn'"):
-            hf_format.load_backbone(directory)
+            hf_format.read_checkpoint(directory)
 
     def test_shape_mismatch_names_the_tensor(self, checkpoints, tmp_path):
         directory = self._copy_with_config(checkpoints, tmp_path, intermediate_size=64)
         with pytest.raises(ValueError) as info:
-            hf_format.load_backbone(directory)
+            hf_format.read_checkpoint(directory)
         message = str(info.value)
         assert "Tensor `layers.0.mlp.gate_proj.weight`" in message
         assert "(48, 32)" in message and "(64, 32)" in message  # HF [out, in] shapes
@@ -412,11 +412,11 @@ class TestBadCheckpoints(TestCase):
         del tensors["model.norm.weight"]
         save_file(tensors, path, metadata={"format": "pt"})
         with pytest.raises(ValueError, match="Tensor `model.norm.weight` is missing"):
-            hf_format.load_backbone(str(directory))
+            hf_format.read_checkpoint(str(directory))
 
     def test_invalid_json(self, checkpoints, tmp_path):
         directory = tmp_path / "bad_json"
         shutil.copytree(checkpoints["gemma"]["directory"], directory)
         (directory / "config.json").write_text("{not json")
         with pytest.raises(ValueError, match="is not valid JSON"):
-            hf_format.load_backbone(str(directory))
+            hf_format.read_checkpoint(str(directory))

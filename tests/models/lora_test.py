@@ -274,7 +274,6 @@ class TestPeftExport(TestCase):
         torch = pytest.importorskip("torch")
         peft = pytest.importorskip("peft")
         pytest.importorskip("transformers")
-        from keras_gemma.formats import transformers as transformers_format
         from keras_gemma.testing.transformers_checkpoints import make_transformers_model
         from keras_gemma.testing.transformers_checkpoints import save_transformers_checkpoint
         from keras_gemma.testing.transformers_checkpoints import transformers_logits
@@ -283,7 +282,7 @@ class TestPeftExport(TestCase):
         hf_model = make_transformers_model(config, seed=0)
         checkpoint = str(tmp_path / "hf")
         save_transformers_checkpoint(hf_model, checkpoint)
-        backbone = transformers_format.load_backbone(checkpoint)
+        backbone = GemmaBackbone.from_preset(checkpoint)
         causal_lm = GemmaCausalLM(backbone)
         backbone.enable_lora(2, alpha=6, target_names="all")
         set_random_adapters(backbone, scale=0.2)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from keras_gemma.models.gemma_backbone import GemmaBackbone
-from keras_gemma.layers.initial_weights import weights_loaded_later
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.testing.configs import tiny_config
 
@@ -31,8 +30,7 @@ def test_mixed_bfloat16_trains_float32_weights_in_bfloat16():
 
 
 def test_bfloat16_backbone_holds_bfloat16_weights_and_skips_random_init_when_loading():
-    with weights_loaded_later():
-        backbone = GemmaBackbone(**tiny_config("gemma3"), dtype="bfloat16")
+    backbone = GemmaBackbone(**tiny_config("gemma3"), dtype="bfloat16", initial_weights="zeros")
     assert {v.dtype for v in backbone.weights} == {"bfloat16"}
     # Weights a loader overwrites anyway are not drawn at random: all start at zero.
     nonzero = [v.path for v in backbone.weights if np.any(keras.ops.convert_to_numpy(v).astype("float32"))]

@@ -2,12 +2,12 @@
 
 import pytest
 
-from keras_gemma.models import preset_registry
-from keras_gemma.models.preset_registry import count_parameters
-from keras_gemma.models.preset_registry import is_registered
-from keras_gemma.models.preset_registry import list_presets
-from keras_gemma.models.preset_registry import preset_config
-from keras_gemma.models.preset_registry import preset_info
+from keras_gemma.formats import registry as preset_registry
+from keras_gemma.formats.registry import count_parameters
+from keras_gemma.formats.registry import is_registered
+from keras_gemma.formats.registry import list_presets
+from keras_gemma.formats.registry import preset_config
+from keras_gemma.formats.registry import preset_info
 
 # Published counts (DESIGN.md, keras-hub metadata), tied embeddings.
 PUBLISHED_PARAMS = {
@@ -119,7 +119,7 @@ def test_query_pre_attn_scalar(name, scalar):
 
 
 @pytest.mark.parametrize("name", ALL_PRESETS)
-def test_metadata_sources_and_stop_tokens(name):
+def test_metadata_and_sources(name):
     info = preset_info(name)
     metadata = info["metadata"]
     assert metadata["family"] in ("gemma", "gemma2", "gemma3")
@@ -131,11 +131,9 @@ def test_metadata_sources_and_stop_tokens(name):
     assert sources["kaggle"].startswith("kaggle://keras/")
     assert f"/keras/{name}/" in sources["kaggle"]
     assert sources["huggingface"].startswith("hf://google/")
-    if metadata["instruction_tuned"]:
-        expected = [1, 106] if metadata["family"] == "gemma3" else [1, 107]
-        assert info["stop_token_ids"] == expected
-    else:
-        assert "stop_token_ids" not in info
+    # Stop tokens come from the vocabulary (`stop_token_ids="auto"`), not the preset file.
+    assert "stop_token_ids" not in info
+    assert "path" not in metadata
 
 
 def test_embedded_gguf_source_only_for_pretrained_270m():

@@ -2,9 +2,10 @@
 
 Each preset is one JSON file, `NAME.json`, holding `name`, `config` (the
 `GemmaBackbone` constructor arguments), `metadata` (description, params,
-family, instruction_tuned, license, path), `sources` (where the weights live:
-`kaggle`, `huggingface`, and for `gemma3_270m` the `embedded_gguf` package)
-and, for instruction-tuned models, `stop_token_ids`.
+family, instruction_tuned, license) and `sources` (where the weights live:
+`kaggle`, `huggingface`, and for `gemma3_270m` the `embedded_gguf` package).
+Generation's stop tokens are not stored: `stop_token_ids="auto"` reads
+`<eos>` and `<end_of_turn>` from the vocabulary.
 
 The files live in the repository's `presets/` directory; a wheel ships them
 as package data in `keras_gemma/_presets/`. The installed location is tried
@@ -15,35 +16,33 @@ import copy
 import difflib
 import functools
 import importlib.resources
-import json
+import math
 import pathlib
+
+from keras_gemma.formats.files import parse_json
+from keras_gemma.formats.variables import variable_shapes
 
 _PACKAGE_DATA_DIR = "_presets"  # keras_gemma/_presets/*.json in a wheel.
 _SOURCE_DIR = pathlib.Path(__file__).resolve().parents[2] / "presets"
 
 
 def _preset_files():
-    """Returns {name: JSON text} from the first location that has presets."""
-    package_dir = importlib.resources.files("keras_gemma").joinpath(
-        _PACKAGE_DATA_DIR
-    )
+    """Returns {name: (JSON text, where)} from the first location that has presets."""
+    package_dir = importlib.resources.files("keras_gemma").joinpath(_PACKAGE_DATA_DIR)
     if package_dir.is_dir():
         files = [f for f in package_dir.iterdir() if f.name.endswith(".json")]
         if files:
-            return {f.name[: -len(".json")]: f.read_text("utf-8") for f in files}
+            return {f.name[: -len(".json")]: (f.read_text("utf-8"), f) for f in files}
     if _SOURCE_DIR.is_dir():
-        return {
-            path.stem: path.read_text("utf-8")
-            for path in _SOURCE_DIR.glob("*.json")
-        }
+        return {path.stem: (path.read_text("utf-8"), path) for path in _SOURCE_DIR.glob("*.json")}
     return {}
 
 
 @functools.lru_cache(maxsize=None)
 def _registry():
     registry = {}
-    for name, text in _preset_files().items():
-        entry = json.loads(text)
+    for name, (text, where) in _preset_files().items():
+        entry = parse_json(text, where)
         if entry.get("name") != name:
             raise ValueError(
                 f"Preset file {name}.json names itself {entry.get('name')!r}; "
@@ -63,10 +62,7 @@ def list_presets():
     presets["gemma3_270m"]["params"]  # 268098176
     ```
     """
-    return {
-        name: copy.deepcopy(entry["metadata"])
-        for name, entry in sorted(_registry().items())
-    }
+    return {name: copy.deepcopy(entry["metadata"]) for name, entry in sorted(_registry().items())}
 
 
 def is_registered(name):
@@ -86,10 +82,7 @@ def preset_info(name):
         valid = sorted(registry)
         closest = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.0)
         hint = f" Did you mean {closest[0]!r}?" if closest else ""
-        raise ValueError(
-            f"Unknown preset {name!r}.{hint} Registered presets: "
-            f"{', '.join(valid)}."
-        )
+        raise ValueError(f"Unknown preset {name!r}.{hint} Registered presets: {', '.join(valid)}.")
     return copy.deepcopy(registry[name])
 
 
@@ -99,35 +92,9 @@ def preset_config(name):
 
 
 def count_parameters(config):
-    """Closed-form parameter count of a `GemmaBackbone` config.
+    """The number of weights of a `GemmaBackbone` config, without building it.
 
-    Embeddings are tied (the output projection reuses them), so they count
-    once. Per layer: Q, K, V and output projections, three FFN matrices
-    (gate, up, down), 2 RMSNorms (pre-attention, pre-FFN) plus 2 more with
-    `use_post_attention_norm` / `use_post_ffw_norm`, and two head_dim-sized
-    norms with `use_query_key_norm`. Plus the final norm.
-
-    Args:
-        config: dict of `GemmaBackbone` constructor arguments.
-
-    Returns:
-        The number of weights, as an int.
+    The sum over its variables (`formats.variables`); the tied embedding
+    counts once.
     """
-    hidden = config["hidden_dim"]
-    head_dim = config["head_dim"]
-    query_width = config["num_query_heads"] * head_dim
-    key_value_width = config["num_key_value_heads"] * head_dim
-    attention = hidden * query_width * 2 + hidden * key_value_width * 2
-    feed_forward = 3 * hidden * config["intermediate_dim"]
-    num_norms = 2 + bool(config["use_post_attention_norm"]) + bool(
-        config["use_post_ffw_norm"]
-    )
-    norms = num_norms * hidden
-    if config["use_query_key_norm"]:
-        norms += 2 * head_dim
-    per_layer = attention + feed_forward + norms
-    return (
-        config["vocabulary_size"] * hidden
-        + config["num_layers"] * per_layer
-        + hidden
-    )
+    return sum(math.prod(shape) for shape in variable_shapes(config).values())

@@ -1,0 +1,244 @@
+"""Hugging Face transformers `config.json` <-> `GemmaBackbone` config, both ways.
+
+HF facts used here (transformers 5): `rope_parameters` is flat for Gemma 1/2
+and keyed by layer type for Gemma 3; older configs use `rope_theta`,
+`rope_scaling` and `rope_local_base_freq`.
+"""
+
+import os
+
+from keras_gemma.formats.files import read_json
+from keras_gemma.layers.decoder_block import FULL_ATTENTION
+from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
+
+SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SUPPORTED_ROPE_TYPES = ("default", "linear")
+# HF spellings of GeGLU's GELU that mean the tanh approximation. Plain "gelu"
+# in the original Gemma 1 configs also meant it (transformers PR #29402).
+TANH_GELU_NAMES = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu_fast", "gelu")
+
+
+def read_config(directory):
+    """The `config.json` dict of a transformers checkpoint directory."""
+    return read_json(
+        os.path.join(directory, "config.json"),
+        missing_message=(
+            f"No `config.json` in {directory!r}: a transformers checkpoint needs "
+            "`config.json` and `model.safetensors` (or sharded safetensors with "
+            f"`{SAFETENSORS_INDEX}`)."
+        ),
+    )
+
+
+def _rope_settings(parameters, where):
+    """(theta, linear factor) from one HF rope dict."""
+    if parameters is None:
+        return None, 1.0
+    rope_type = parameters.get("rope_type", parameters.get("type", "default"))
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise ValueError(
+            f"Unsupported RoPE type {rope_type!r} in {where}. Gemma checkpoints use "
+            f"one of {SUPPORTED_ROPE_TYPES}."
+        )
+    factor = float(parameters.get("factor", 1.0)) if rope_type == "linear" else 1.0
+    return parameters.get("rope_theta"), factor
+
+
+def backbone_config_from_transformers(hf_config):
+    """Maps a transformers `config.json` dict to `GemmaBackbone` arguments."""
+    model_type = hf_config.get("model_type")
+    if model_type == "gemma3" and "text_config" in hf_config:
+        hf_config = dict(hf_config["text_config"], model_type="gemma3_text")
+        model_type = "gemma3_text"
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"Unsupported transformers `model_type` {model_type!r}. Supported: "
+            f"{SUPPORTED_MODEL_TYPES[:3]} (and Gemma 3 multimodal `gemma3`, text part)."
+        )
+    if not hf_config.get("tie_word_embeddings", True):
+        raise ValueError(
+            "Gemma checkpoints tie input and output embeddings; "
+            "this config sets `tie_word_embeddings=false`."
+        )
+    if hf_config.get("attention_bias", False):
+        raise ValueError("Gemma has no attention biases; this config sets `attention_bias=true`.")
+    activation = (
+        hf_config.get("hidden_activation") or hf_config.get("hidden_act") or "gelu_pytorch_tanh"
+    )
+    if activation not in TANH_GELU_NAMES:
+        raise ValueError(
+            f"Unsupported `hidden_activation` {activation!r}: Gemma uses tanh-approximate GELU "
+            f"({TANH_GELU_NAMES[:2]})."
+        )
+
+    num_layers = hf_config["num_hidden_layers"]
+    num_query_heads = hf_config["num_attention_heads"]
+    hidden_dim = hf_config["hidden_size"]
+    head_dim = hf_config.get("head_dim") or hidden_dim // num_query_heads
+    is_gemma1 = model_type == "gemma"
+    is_gemma3 = model_type == "gemma3_text"
+
+    layer_types = hf_config.get("layer_types")
+    if layer_types is None:
+        if is_gemma1:
+            layer_types = [FULL_ATTENTION] * num_layers
+        else:
+            pattern = hf_config.get("sliding_window_pattern", 6 if is_gemma3 else 2)
+            layer_types = [
+                SLIDING_ATTENTION if (index + 1) % pattern else FULL_ATTENTION
+                for index in range(num_layers)
+            ]
+    layer_types = list(layer_types)
+    has_sliding = SLIDING_ATTENTION in layer_types
+    sliding_window = hf_config.get("sliding_window") if has_sliding else None
+
+    # RoPE: global (full attention) and local (sliding) bases and scaling.
+    rope_parameters = hf_config.get("rope_parameters")
+    legacy_scaling = hf_config.get("rope_scaling")
+    if isinstance(rope_parameters, dict) and FULL_ATTENTION in rope_parameters:
+        global_theta, factor = _rope_settings(
+            rope_parameters[FULL_ATTENTION], "rope_parameters.full_attention"
+        )
+        local_theta, local_factor = _rope_settings(
+            rope_parameters.get(SLIDING_ATTENTION), "rope_parameters.sliding_attention"
+        )
+    else:
+        global_theta, factor = _rope_settings(rope_parameters, "rope_parameters")
+        if legacy_scaling is not None:
+            _, factor = _rope_settings(legacy_scaling, "rope_scaling")
+        local_theta, local_factor = None, 1.0
+        if not is_gemma3:
+            # Gemma 1/2 use one RoPE for every layer.
+            local_theta, local_factor = global_theta, factor
+    default_global = 1_000_000.0 if is_gemma3 else 10_000.0
+    global_theta = global_theta or hf_config.get("rope_theta") or default_global
+    local_theta = (
+        local_theta
+        or hf_config.get("rope_local_base_freq")
+        or (10_000.0 if is_gemma3 else global_theta)
+    )
+    if has_sliding and local_factor != 1.0:
+        raise ValueError(
+            f"RoPE scaling on sliding-window layers (factor {local_factor}) is not "
+            "supported: Gemma scales only its full-attention layers."
+        )
+
+    query_pre_attn_scalar = hf_config.get("query_pre_attn_scalar")
+    if is_gemma1 or query_pre_attn_scalar is None:
+        query_pre_attn_scalar = head_dim
+
+    return {
+        "vocabulary_size": hf_config["vocab_size"],
+        "num_layers": num_layers,
+        "num_query_heads": num_query_heads,
+        "num_key_value_heads": hf_config.get("num_key_value_heads", num_query_heads),
+        "hidden_dim": hidden_dim,
+        "intermediate_dim": hf_config["intermediate_size"],
+        "head_dim": head_dim,
+        "layer_types": layer_types,
+        "sliding_window_size": sliding_window,
+        "query_pre_attn_scalar": query_pre_attn_scalar,
+        "attention_logit_soft_cap": None if is_gemma1 else hf_config.get("attn_logit_softcapping"),
+        "final_logit_soft_cap": None if is_gemma1 else hf_config.get("final_logit_softcapping"),
+        "use_post_attention_norm": not is_gemma1,
+        "use_post_ffw_norm": not is_gemma1,
+        "use_query_key_norm": is_gemma3,
+        "rope_wavelength": float(global_theta),
+        "local_rope_wavelength": float(local_theta),
+        "rope_scaling_factor": float(factor),
+        "layer_norm_epsilon": hf_config.get("rms_norm_eps", 1e-6),
+        "dropout": 0.0,
+    }
+
+
+def transformers_config_from_backbone(config):
+    """A transformers `config.json` dict for a `GemmaBackbone` config.
+
+    Picks the oldest model type that can express the config: `gemma` (no
+    sliding layers, soft-caps or extra norms), `gemma2`, else `gemma3_text`.
+    """
+    layer_types = list(config["layer_types"])
+    has_sliding = SLIDING_ATTENTION in layer_types
+    is_gemma1 = not (
+        has_sliding
+        or config["use_post_attention_norm"]
+        or config["use_post_ffw_norm"]
+        or config["use_query_key_norm"]
+        or config["attention_logit_soft_cap"]
+        or config["final_logit_soft_cap"]
+        or config["query_pre_attn_scalar"] != config["head_dim"]
+    )
+    is_gemma3 = config["use_query_key_norm"]
+    if not is_gemma1 and not (config["use_post_attention_norm"] and config["use_post_ffw_norm"]):
+        raise ValueError(
+            "This config mixes Gemma 1 and Gemma 2/3 features (post norms off with "
+            "sliding layers, soft-caps or query/key norms); transformers has no model type for it."
+        )
+    common = {
+        "vocab_size": config["vocabulary_size"],
+        "hidden_size": config["hidden_dim"],
+        "intermediate_size": config["intermediate_dim"],
+        "num_hidden_layers": config["num_layers"],
+        "num_attention_heads": config["num_query_heads"],
+        "num_key_value_heads": config["num_key_value_heads"],
+        "head_dim": config["head_dim"],
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": config["layer_norm_epsilon"],
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+        "max_position_embeddings": 131072 if is_gemma3 else 8192,
+        "torch_dtype": "float32",
+    }
+    global_rope = {"rope_type": "default", "rope_theta": config["rope_wavelength"]}
+    if config["rope_scaling_factor"] != 1.0:
+        global_rope = {
+            "rope_type": "linear",
+            "factor": config["rope_scaling_factor"],
+            "rope_theta": config["rope_wavelength"],
+        }
+    if is_gemma1:
+        return dict(
+            common,
+            model_type="gemma",
+            architectures=["GemmaForCausalLM"],
+            rope_parameters=global_rope,
+        )
+    extra = {
+        "layer_types": layer_types,
+        "sliding_window": config["sliding_window_size"] or 4096,
+        "query_pre_attn_scalar": config["query_pre_attn_scalar"],
+        "attn_logit_softcapping": config["attention_logit_soft_cap"],
+        "final_logit_softcapping": config["final_logit_soft_cap"],
+    }
+    if not is_gemma3:
+        if config["local_rope_wavelength"] != config["rope_wavelength"] or (
+            has_sliding and config["rope_scaling_factor"] != 1.0
+        ):
+            raise ValueError(
+                "transformers' `gemma2` uses one RoPE for every layer; this config's "
+                "sliding and full layers differ and cannot be exported as gemma2."
+            )
+        return dict(
+            common,
+            **extra,
+            model_type="gemma2",
+            architectures=["Gemma2ForCausalLM"],
+            rope_parameters=global_rope,
+        )
+    return dict(
+        common,
+        **extra,
+        model_type="gemma3_text",
+        architectures=["Gemma3ForCausalLM"],
+        rope_parameters={
+            FULL_ATTENTION: global_rope,
+            SLIDING_ATTENTION: {
+                "rope_type": "default",
+                "rope_theta": config["local_rope_wavelength"],
+            },
+        },
+    )
