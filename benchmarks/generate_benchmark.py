@@ -95,7 +95,9 @@ def keras_hub_runner(export_dir, prompt_tokens, dtype):
     lm.compile(sampler="greedy")
 
     def run(prompts, new_tokens=NEW_TOKENS):
-        length = (LONG_PROMPT_TOKENS if new_tokens == LONG_NEW_TOKENS else prompt_tokens) + new_tokens
+        length = (
+            LONG_PROMPT_TOKENS if new_tokens == LONG_NEW_TOKENS else prompt_tokens
+        ) + new_tokens
         return lm.generate(prompts, max_length=length, stop_token_ids=None)
 
     return run
@@ -130,19 +132,30 @@ def one_backend(args):
     ours, prompt_tokens, long_text, export_dir = ours_cases(args.dtype)
     runners = {"keras_gemma": ours}
     results = {"keras_gemma": {"prompt_tokens": prompt_tokens}}
-    results["keras_gemma"]["first_call_s"], results["keras_gemma"]["text"] = first_call(lambda: ours(PROMPT))
+    results["keras_gemma"]["first_call_s"], results["keras_gemma"]["text"] = first_call(
+        lambda: ours(PROMPT)
+    )
     results["keras_gemma"]["peak_rss_mb_after_load"] = peak_rss_mb()
     peers = []
     if not args.skip_keras_hub:
-        peers.append(("keras-hub 0.32", lambda: keras_hub_runner(export_dir, prompt_tokens, args.dtype)))
+        peers.append(
+            ("keras-hub 0.32", lambda: keras_hub_runner(export_dir, prompt_tokens, args.dtype))
+        )
     if backend == "torch" and not args.skip_transformers:
         import transformers
 
-        peers.append((f"transformers {transformers.__version__}", lambda: transformers_runner(export_dir, args.dtype)))
+        peers.append(
+            (
+                f"transformers {transformers.__version__}",
+                lambda: transformers_runner(export_dir, args.dtype),
+            )
+        )
     for name, load in peers:
         runners[name] = load()
         results[name] = {}
-        results[name]["first_call_s"], results[name]["text"] = first_call(lambda: runners[name](PROMPT))
+        results[name]["first_call_s"], results[name]["text"] = first_call(
+            lambda runner=runners[name]: runner(PROMPT)
+        )
     cases = {
         "batch1_s": lambda run: run(PROMPT),
         "batch8_s": lambda run: run([PROMPT] * 8),
@@ -150,12 +163,16 @@ def one_backend(args):
     }
     for metric, case in cases.items():
         runs = args.runs if metric != "long_s" else max(1, args.runs // 2)
-        medians = interleaved_medians({name: (lambda run=run: case(run)) for name, run in runners.items()}, runs)
+        medians = interleaved_medians(
+            {name: (lambda run=run, case=case: case(run)) for name, run in runners.items()}, runs
+        )
         for name, seconds in medians.items():
             results[name][metric] = seconds
     results["keras_gemma"]["peak_rss_mb"] = peak_rss_mb()
     ours_result = results.pop("keras_gemma")
-    print(json.dumps({"backend": backend, "dtype": args.dtype, "ours": ours_result, "peers": results}))
+    print(
+        json.dumps({"backend": backend, "dtype": args.dtype, "ours": ours_result, "peers": results})
+    )
 
 
 def random_2b_tokens_per_s(args):
@@ -180,14 +197,22 @@ def random_2b_tokens_per_s(args):
     backbone = keras_gemma.GemmaBackbone(**config, dtype=args.dtype)
     lm = keras_gemma.GemmaCausalLM(backbone)
     prompt_length, new_tokens = 32, 128
-    ids = np.random.default_rng(0).integers(3, config["vocabulary_size"], (1, prompt_length)).astype("int32")
+    ids = (
+        np.random.default_rng(0)
+        .integers(3, config["vocabulary_size"], (1, prompt_length))
+        .astype("int32")
+    )
     inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
-    export_dir = os.path.join(os.path.dirname(EXPORT_DIR), f"gemma_2b_random_{config['num_layers']}_{args.dtype}")
+    export_dir = os.path.join(
+        os.path.dirname(EXPORT_DIR), f"gemma_2b_random_{config['num_layers']}_{args.dtype}"
+    )
     if not os.path.isfile(os.path.join(export_dir, "config.json")):
         lm.export_to_transformers(export_dir)
 
     def ours():
-        return lm.generate(inputs, max_new_tokens=new_tokens, stop_token_ids=None, strip_prompt=True)
+        return lm.generate(
+            inputs, max_new_tokens=new_tokens, stop_token_ids=None, strip_prompt=True
+        )
 
     runners = {"keras_gemma": ours}
     if not args.skip_keras_hub:
@@ -196,8 +221,10 @@ def random_2b_tokens_per_s(args):
         hub_backbone = keras_hub.models.GemmaBackbone.from_preset(export_dir, dtype=args.dtype)
         hub = keras_hub.models.GemmaCausalLM(backbone=hub_backbone, preprocessor=None)
         hub.compile(sampler="greedy")
-        hub_inputs = {"token_ids": np.pad(ids, [[0, 0], [0, new_tokens]]),
-                      "padding_mask": np.pad(np.ones_like(ids), [[0, 0], [0, new_tokens]])}
+        hub_inputs = {
+            "token_ids": np.pad(ids, [[0, 0], [0, new_tokens]]),
+            "padding_mask": np.pad(np.ones_like(ids), [[0, 0], [0, new_tokens]]),
+        }
         runners["keras-hub 0.32"] = lambda: hub.generate(hub_inputs, stop_token_ids=None)
     if backend == "torch" and not args.skip_transformers:
         import torch
@@ -205,13 +232,22 @@ def random_2b_tokens_per_s(args):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         torch_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-        model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch_dtype).to(device).eval()
+        model = (
+            transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch_dtype)
+            .to(device)
+            .eval()
+        )
         hf_ids = torch.tensor(ids, device=device)
 
         def hf():
             with torch.inference_mode():
-                return model.generate(hf_ids, attention_mask=torch.ones_like(hf_ids), max_new_tokens=new_tokens,
-                                      min_new_tokens=new_tokens, do_sample=False)
+                return model.generate(
+                    hf_ids,
+                    attention_mask=torch.ones_like(hf_ids),
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                )
 
         runners[f"transformers {transformers.__version__} (eager)"] = hf
     results = {}
@@ -220,8 +256,18 @@ def random_2b_tokens_per_s(args):
     for name, seconds in interleaved_medians(runners, args.runs).items():
         results[name]["call_s"] = seconds
         results[name]["tokens_per_s"] = new_tokens / seconds
-    print(json.dumps({"backend": backend, "dtype": args.dtype, "model": "gemma_2b_random",
-                      "layers": config["num_layers"], "device": device_name(backend), "results": results}))
+    print(
+        json.dumps(
+            {
+                "backend": backend,
+                "dtype": args.dtype,
+                "model": "gemma_2b_random",
+                "layers": config["num_layers"],
+                "device": device_name(backend),
+                "results": results,
+            }
+        )
+    )
 
 
 def device_name(backend):
@@ -238,7 +284,11 @@ def device_name(backend):
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
-    return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if gpus else "cpu"
+    return (
+        tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+        if gpus
+        else "cpu"
+    )
 
 
 def table(results):
@@ -259,15 +309,23 @@ def table(results):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backend", choices=["jax", "torch", "tensorflow"])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip-keras-hub", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true")
-    parser.add_argument("--model", default="gemma3_270m", choices=["gemma3_270m", "gemma_2b_random"],
-                        help="gemma_2b_random: Gemma 1 2B shapes, random weights, prompt 32 + 128 (for a GPU)")
-    parser.add_argument("--layers", type=int, help="gemma_2b_random only: fewer layers, for a smoke run")
+    parser.add_argument(
+        "--model",
+        default="gemma3_270m",
+        choices=["gemma3_270m", "gemma_2b_random"],
+        help="gemma_2b_random: Gemma 1 2B shapes, random weights, prompt 32 + 128 (for a GPU)",
+    )
+    parser.add_argument(
+        "--layers", type=int, help="gemma_2b_random only: fewer layers, for a smoke run"
+    )
     args = parser.parse_args()
     if args.backend and args.model == "gemma_2b_random":
         random_2b_tokens_per_s(args)
@@ -277,7 +335,16 @@ def main():
         return
     results = []
     for backend in ("jax", "tensorflow", "torch"):
-        command = [sys.executable, __file__, "--backend", backend, "--runs", str(args.runs), "--dtype", args.dtype]
+        command = [
+            sys.executable,
+            __file__,
+            "--backend",
+            backend,
+            "--runs",
+            str(args.runs),
+            "--dtype",
+            args.dtype,
+        ]
         command += ["--model", args.model] + (["--layers", str(args.layers)] if args.layers else [])
         command += ["--skip-keras-hub"] if args.skip_keras_hub else []
         command += ["--skip-transformers"] if args.skip_transformers else []

@@ -59,7 +59,9 @@ def main():
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--timeout", type=int, default=600)
-    parser.add_argument("--child", nargs=2, metavar=("BACKEND", "CHECKPOINTING"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=2, metavar=("BACKEND", "CHECKPOINTING"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         result = run_one(args.child[1] == "1", args.length, args.rank)
@@ -68,19 +70,39 @@ def main():
     rows = []
     for backend in args.backends:
         for checkpointing in ("0", "1"):
-            command = [sys.executable, __file__, "--child", backend, checkpointing, "--length", str(args.length), "--rank", str(args.rank)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                backend,
+                checkpointing,
+                "--length",
+                str(args.length),
+                "--rank",
+                str(args.rank),
+            ]
             try:
                 result = subprocess.run(
-                    command, env=dict(os.environ, KERAS_BACKEND=backend), capture_output=True, text=True, timeout=args.timeout
+                    command,
+                    env=dict(os.environ, KERAS_BACKEND=backend),
+                    capture_output=True,
+                    text=True,
+                    timeout=args.timeout,
                 )
                 lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT=")]
-                row = json.loads(lines[-1][7:]) if lines else {"error": result.stderr.strip().splitlines()[-1:]}
+                row = (
+                    json.loads(lines[-1][7:])
+                    if lines
+                    else {"error": result.stderr.strip().splitlines()[-1:]}
+                )
             except subprocess.TimeoutExpired:
                 row = {"error": f"timed out after {args.timeout}s"}
             rows.append((backend, checkpointing == "1", row))
             print(backend, checkpointing, row, flush=True)
     print(f"\nGemma 3 270M, LoRA rank {args.rank}, batch 1 x {args.length}, float32, CPU")
-    print(f"{'backend':<11}{'checkpointing':<15}{'peak RSS GB':>13}{'after load GB':>15}{'step s':>9}")
+    print(
+        f"{'backend':<11}{'checkpointing':<15}{'peak RSS GB':>13}{'after load GB':>15}{'step s':>9}"
+    )
     for backend, checkpointing, row in rows:
         if "error" in row:
             print(f"{backend:<11}{str(checkpointing):<15}  {row['error']}")

@@ -51,7 +51,11 @@ def keras_hub_causal_lm(ours):
     # Same kernel layouts; our FFN layers sit under `feed_forward/`.
     ours_by_path = {v.path.replace("feed_forward/", ""): v for v in ours.weights}
     for variable in backbone.weights:
-        path = variable.path.split("/", 1)[1] if variable.path.startswith("gemma3_backbone/") else variable.path
+        path = (
+            variable.path.split("/", 1)[1]
+            if variable.path.startswith("gemma3_backbone/")
+            else variable.path
+        )
         variable.assign(ours_by_path.pop(path))
     if ours_by_path:
         raise ValueError(f"Unmapped weights: {sorted(ours_by_path)[:5]}")
@@ -107,11 +111,15 @@ def run_child(backend, library, steps, timeout):
     environment = dict(os.environ, KERAS_BACKEND=backend)
     command = [sys.executable, __file__, "--child", backend, library, "--steps", str(steps)]
     try:
-        result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            command, env=environment, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout}s"}
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT=")]
-    return json.loads(lines[-1][7:]) if lines else {"error": result.stderr.strip().splitlines()[-1:]}
+    return (
+        json.loads(lines[-1][7:]) if lines else {"error": result.stderr.strip().splitlines()[-1:]}
+    )
 
 
 def main():
@@ -119,7 +127,9 @@ def main():
     parser.add_argument("--backends", nargs="+", default=["jax", "torch", "tensorflow"])
     parser.add_argument("--libraries", nargs="+", default=["keras_gemma", "keras_hub"])
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=1, help="alternating runs per (backend, library)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternating runs per (backend, library)"
+    )
     parser.add_argument("--timeout", type=int, default=300, help="seconds per (backend, library)")
     parser.add_argument("--child", nargs=2, metavar=("BACKEND", "LIBRARY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,10 +148,17 @@ def main():
                 runs[library].append(row)
                 print(backend, library, row, flush=True)
         for library, results in runs.items():
-            finished = sorted((r for r in results if "error" not in r), key=lambda r: r["tokens_per_s"])
-            rows.append((backend, library, finished[len(finished) // 2] if finished else results[-1]))
+            finished = sorted(
+                (r for r in results if "error" not in r), key=lambda r: r["tokens_per_s"]
+            )
+            rows.append(
+                (backend, library, finished[len(finished) // 2] if finished else results[-1])
+            )
     print(f"\nLoRA rank {RANK} (query, value), batch {BATCH} x {LENGTH}, float32, CPU")
-    print(f"{'backend':<11}{'library':<13}{'tokens/s':>10}{'step s':>9}{'1st step s':>12}{'peak RSS GB':>13}{'trainable':>11}")
+    print(
+        f"{'backend':<11}{'library':<13}{'tokens/s':>10}{'step s':>9}"
+        f"{'1st step s':>12}{'peak RSS GB':>13}{'trainable':>11}"
+    )
     for backend, library, row in rows:
         if "error" in row:
             print(f"{backend:<11}{library:<13}  {row['error']}")

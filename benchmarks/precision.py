@@ -41,7 +41,9 @@ def measure(precision, repeats=3):
     if precision in ("int8", "int4"):
         causal_lm.quantize(precision)
     load_seconds = time.perf_counter() - start
-    weight_bytes = sum(np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) for v in causal_lm.weights)
+    weight_bytes = sum(
+        np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) for v in causal_lm.weights
+    )
 
     def generate():
         return causal_lm.generate(PROMPT, max_new_tokens=NEW_TOKENS, stop_token_ids=None)
@@ -75,12 +77,14 @@ def run_one(backend, precision, timeout):
     )
     command = [sys.executable, os.path.abspath(__file__), "--child", precision]
     try:
-        completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        completed = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"backend": backend, "precision": precision, "error": f"timeout after {timeout} s"}
     for line in completed.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     return {"backend": backend, "precision": precision, "error": completed.stderr.strip()[-300:]}
 
 
@@ -100,7 +104,9 @@ def main():
             result = run_one(backend, precision, args.timeout)
             print(json.dumps(result), flush=True)
             results.append(result)
-    print(f"\n{'backend':11s} {'precision':9s} {'weights MB':>10s} {'generate s':>10s} {'tok/s':>7s}")
+    print(
+        f"\n{'backend':11s} {'precision':9s} {'weights MB':>10s} {'generate s':>10s} {'tok/s':>7s}"
+    )
     for r in results:
         if "error" in r:
             print(f"{r['backend']:11s} {r['precision']:9s} {r['error'][:60]}")

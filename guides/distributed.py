@@ -3,7 +3,7 @@ Title: Model parallelism, bfloat16 and int8 with keras_gemma
 Author: keras_gemma contributors
 Date created: 2025/01/01
 Last modified: 2025/01/01
-Description: Split Gemma over a device mesh with keras.distribution, then shrink it with bfloat16 and int8.
+Description: Split Gemma over a device mesh with keras.distribution; shrink it with bf16, int8.
 Accelerator: 8 devices (simulated on CPU here)
 """
 
@@ -153,4 +153,7 @@ def weight_megabytes(model):
 before = weight_megabytes(small)
 small.quantize("int8")
 print(f"int8 weights: {before:.3f} MB -> {weight_megabytes(small):.3f} MB")
-print("int8 greedy tokens:", small.generate(inputs, max_new_tokens=6, stop_token_ids=None)["token_ids"][0, 5:])
+print(
+    "int8 greedy tokens:",
+    small.generate(inputs, max_new_tokens=6, stop_token_ids=None)["token_ids"][0, 5:],
+)

@@ -61,7 +61,9 @@ if TINY:
 
     keras.utils.set_random_seed(0)
     tokenizer = keras_gemma.GemmaTokenizer(proto=build_tiny_vocabulary(workdir))
-    backbone = keras_gemma.GemmaBackbone(**tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size))
+    backbone = keras_gemma.GemmaBackbone(
+        **tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)
+    )
     preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=64)
     gemma_lm = keras_gemma.GemmaCausalLM(backbone, preprocessor)
 else:
@@ -138,7 +140,9 @@ print(f"{chat.tokens_read} tokens read in {len(chat.messages)} messages")
 `score` returns the log-likelihood of every token after the first.
 """
 
-log_likelihoods = gemma_lm.score(["Paris is the capital of France.", "Paris is the capital of Peru."])
+log_likelihoods = gemma_lm.score(
+    ["Paris is the capital of France.", "Paris is the capital of Peru."]
+)
 for text, scores in zip(["France", "Peru"], log_likelihoods):
     print(text, float(scores.sum()))
 
@@ -151,8 +155,10 @@ the adapter.
 """
 
 train_texts = [
-    "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\nParis.<end_of_turn>",
-    "<start_of_turn>user\nWhat is the capital of Italy?<end_of_turn>\n<start_of_turn>model\nRome.<end_of_turn>",
+    "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n"
+    "<start_of_turn>model\nParis.<end_of_turn>",
+    "<start_of_turn>user\nWhat is the capital of Italy?<end_of_turn>\n"
+    "<start_of_turn>model\nRome.<end_of_turn>",
 ]
 gemma_lm.backbone.enable_lora(rank=4)
 gemma_lm.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01))

@@ -47,7 +47,9 @@ if TINY:
     from keras_gemma.testing.vocab import build_tiny_vocabulary
 
     tokenizer = keras_gemma.GemmaTokenizer(proto=build_tiny_vocabulary(workdir))
-    backbone = keras_gemma.GemmaBackbone(**tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size))
+    backbone = keras_gemma.GemmaBackbone(
+        **tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)
+    )
     preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=64)
     gemma_lm = keras_gemma.GemmaCausalLM(backbone, preprocessor)
 else:
@@ -104,7 +106,9 @@ gemma_lm.summary()
 `fit` takes the raw strings. Padding is masked out of the loss.
 """
 
-gemma_lm.compile(optimizer=keras.optimizers.AdamW(learning_rate=5e-2 if TINY else 2e-4, weight_decay=0.01))
+gemma_lm.compile(
+    optimizer=keras.optimizers.AdamW(learning_rate=5e-2 if TINY else 2e-4, weight_decay=0.01)
+)
 history = gemma_lm.fit(train_texts, epochs=6 if TINY else 2, batch_size=2)
 print(f"fine-tuning loss: {history.history['loss'][0]:.3f} -> {history.history['loss'][-1]:.3f}")
 

@@ -75,7 +75,9 @@ if TINY:
 
     keras.utils.set_random_seed(0)
     tokenizer = keras_gemma.GemmaTokenizer(proto=build_tiny_vocabulary(workdir))
-    backbone = keras_gemma.GemmaBackbone(**tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size))
+    backbone = keras_gemma.GemmaBackbone(
+        **tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)
+    )
     gemma_lm = keras_gemma.GemmaCausalLM(backbone, keras_gemma.GemmaCausalLMPreprocessor(tokenizer))
 else:
     gemma_lm = keras_gemma.GemmaCausalLM.from_preset("gemma3_270m")
@@ -128,14 +130,20 @@ print(repr(lm.generate(sys.argv[2], max_new_tokens=8)))
 
 current = keras.config.backend()
 module_of = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow"}
-others = [name for name in module_of if name != current and importlib.util.find_spec(module_of[name])]
+others = [
+    name for name in module_of if name != current and importlib.util.find_spec(module_of[name])
+]
 if TINY:
     others = others[:1]  # One other backend is enough for the tests.
 
 for backend in others:
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, preset_dir, prompt], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, preset_dir, prompt],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     other_text = result.stdout.strip().splitlines()[-1]
     print(f"{backend:>10}: {other_text}")

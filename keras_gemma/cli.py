@@ -54,7 +54,9 @@ def _load_causal_lm(args, sequence_length=1024):
     loader.resolve(args.preset)  # A bad handle fails here, before any output.
     _say(f"Loading {args.preset} ({_backend_name()} backend)...")
     _keep_compiled_functions(loader.cache_dir())
-    return keras_gemma.GemmaCausalLM.from_preset(args.preset, dtype=args.dtype, sequence_length=sequence_length)
+    return keras_gemma.GemmaCausalLM.from_preset(
+        args.preset, dtype=args.dtype, sequence_length=sequence_length
+    )
 
 
 def _keep_compiled_functions(cache_root):
@@ -104,26 +106,41 @@ def _add_model_arguments(parser):
     parser.add_argument(
         "--preset",
         default=DEFAULT_PRESET,
-        help=f"preset name, Keras preset dir, transformers dir, .gguf file, kaggle:// or hf:// handle "
+        help="preset name, Keras preset dir, transformers dir, .gguf file, kaggle:// or hf:// "
+        f"handle "
         f"(default: {DEFAULT_PRESET}, bundled with keras-gemma[embedded])",
     )
-    parser.add_argument("--dtype", default=None, help="weights dtype, e.g. float32 or bfloat16 (default: float32)")
+    parser.add_argument(
+        "--dtype", default=None, help="weights dtype, e.g. float32 or bfloat16 (default: float32)"
+    )
 
 
 def _add_sampling_arguments(parser):
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=None, help="tokens to generate at most")
+    parser.add_argument(
+        "--max-new-tokens", type=_positive_int, default=None, help="tokens to generate at most"
+    )
     parser.add_argument(
         "--sampler",
         choices=SAMPLERS,
         default=None,
-        help="decoding strategy (default: greedy, or the one implied by --top-k/--top-p/--min-p/--temperature)",
+        help="decoding strategy (default: greedy, or the one implied by "
+        "--top-k/--top-p/--min-p/--temperature)",
     )
-    parser.add_argument("--temperature", type=_positive_float, default=None, help="sampling temperature")
-    parser.add_argument("--top-k", type=_positive_int, default=None, help="k for the top_k sampler")
-    parser.add_argument("--top-p", type=_positive_float, default=None, help="p for the top_p sampler")
-    parser.add_argument("--min-p", type=_positive_float, default=None, help="p for the min_p sampler")
     parser.add_argument(
-        "--repetition-penalty", type=_positive_float, default=None, help="penalty for tokens already seen (> 1)"
+        "--temperature", type=_positive_float, default=None, help="sampling temperature"
+    )
+    parser.add_argument("--top-k", type=_positive_int, default=None, help="k for the top_k sampler")
+    parser.add_argument(
+        "--top-p", type=_positive_float, default=None, help="p for the top_p sampler"
+    )
+    parser.add_argument(
+        "--min-p", type=_positive_float, default=None, help="p for the min_p sampler"
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=_positive_float,
+        default=None,
+        help="penalty for tokens already seen (> 1)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
@@ -151,9 +168,10 @@ def build_sampler(args):
     }[name]
     for option in ("temperature", "top_k", "top_p", "min_p"):
         if getattr(args, option) is not None and option not in allowed:
+            flags = ["--" + allowed_option.replace("_", "-") for allowed_option in sorted(allowed)]
             raise CommandError(
                 f"--{option.replace('_', '-')} does not apply to --sampler {name}; "
-                f"it takes {', '.join('--' + o.replace('_', '-') for o in sorted(allowed)) or 'no options'}"
+                f"it takes {', '.join(flags) or 'no options'}"
             )
     from keras_gemma import samplers
 
@@ -231,7 +249,9 @@ def run_chat(args):
             continue
         seed = None if args.seed is None else args.seed + turn
         try:
-            pieces = session.send(message, max_new_tokens=args.max_new_tokens or 256, stream=True, seed=seed)
+            pieces = session.send(
+                message, max_new_tokens=args.max_new_tokens or 256, stream=True, seed=seed
+            )
             for piece in pieces:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -259,7 +279,10 @@ def run_convert(args):
         from keras_gemma.formats import registry as preset_registry
 
         if not preset_registry.is_registered(source):
-            raise CommandError(f"{source!r} does not exist (expected a transformers checkpoint dir or a .gguf file)")
+            raise CommandError(
+                f"{source!r} does not exist "
+                "(expected a transformers checkpoint dir or a .gguf file)"
+            )
     output = os.path.abspath(args.output)
     if os.path.isfile(output):
         raise CommandError(f"{args.output!r} is a file; the output must be a directory")
@@ -272,8 +295,13 @@ def run_convert(args):
     parameters = lm.backbone.count_params()
     _say(f"[2/{steps}] Loaded {parameters:,} parameters; writing {args.output}...")
     lm.save_to_preset(output)
-    size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(output) for f in files)
-    _say(f"[3/{steps}] Done: {args.output} ({size / 2**20:,.1f} MiB). Load it with --preset {args.output}")
+    size = sum(
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(output) for f in files
+    )
+    _say(
+        f"[3/{steps}] Done: {args.output} ({size / 2**20:,.1f} MiB). "
+        f"Load it with --preset {args.output}"
+    )
     return 0
 
 
@@ -302,13 +330,16 @@ def read_examples(path):
                 raise CommandError(f"{path}:{number}: not valid JSON ({error.msg})") from None
             if isinstance(record, dict) and isinstance(record.get("text"), str):
                 examples.append(record["text"])
-            elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(
-                record.get("response"), str
+            elif (
+                isinstance(record, dict)
+                and isinstance(record.get("prompt"), str)
+                and isinstance(record.get("response"), str)
             ):
                 examples.append((record["prompt"], record["response"]))
             else:
                 raise CommandError(
-                    f'{path}:{number}: expected {{"text": ...}} or {{"prompt": ..., "response": ...}} with string values'
+                    f'{path}:{number}: expected {{"text": ...}} or '
+                    '{"prompt": ..., "response": ...} with string values'
                 )
     else:
         examples = [line for line in lines if line.strip()]
@@ -330,7 +361,7 @@ def _render_examples(examples, tokenizer):
                 tokenize=False,
             )
             # The preprocessor adds `<bos>` itself.
-            texts.append(text[len(bos):] if text.startswith(bos) else text)
+            texts.append(text[len(bos) :] if text.startswith(bos) else text)
         else:
             texts.append(example)
     return texts
@@ -357,8 +388,15 @@ def run_finetune(args):
         f"{len(texts)} examples, {args.epochs} epoch(s), batch size {args.batch_size}, "
         f"sequence length {args.sequence_length}"
     )
-    lm.compile(optimizer=keras.optimizers.AdamW(learning_rate=args.learning_rate, weight_decay=0.01))
-    history = lm.fit(texts, epochs=args.epochs, batch_size=args.batch_size, verbose=1 if sys.stderr.isatty() else 2)
+    lm.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=args.learning_rate, weight_decay=0.01)
+    )
+    history = lm.fit(
+        texts,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        verbose=1 if sys.stderr.isatty() else 2,
+    )
     losses = history.history.get("loss", [])
     if losses:
         _say(f"final loss: {losses[-1]:.4f}")
@@ -411,37 +449,58 @@ def build_parser():
         "--backend",
         choices=BACKENDS,
         default=None,
-        help="Keras backend (default: $KERAS_BACKEND, else Keras' configured one; without TensorFlow installed, jax then torch)",
+        help="Keras backend (default: $KERAS_BACKEND, else Keras' configured one; "
+        "without TensorFlow installed, jax then torch)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
 
     generate = subparsers.add_parser("generate", help="complete a prompt (streams the text)")
-    generate.add_argument("prompt", nargs="?", default=None, help="the prompt; read from stdin when omitted or '-'")
+    generate.add_argument(
+        "prompt", nargs="?", default=None, help="the prompt; read from stdin when omitted or '-'"
+    )
     _add_model_arguments(generate)
     _add_sampling_arguments(generate)
-    generate.add_argument("--strip-prompt", action="store_true", help="print only the generated text")
-    generate.add_argument("--no-stream", action="store_true", help="print the text once it is complete")
+    generate.add_argument(
+        "--strip-prompt", action="store_true", help="print only the generated text"
+    )
+    generate.add_argument(
+        "--no-stream", action="store_true", help="print the text once it is complete"
+    )
     generate.set_defaults(func=run_generate)
 
     chat = subparsers.add_parser("chat", help="multi-turn chat over stdin (/exit or EOF quits)")
     _add_model_arguments(chat)
     _add_sampling_arguments(chat)
-    chat.add_argument("--max-length", type=_positive_int, default=4096, help="conversation capacity in tokens")
+    chat.add_argument(
+        "--max-length", type=_positive_int, default=4096, help="conversation capacity in tokens"
+    )
     chat.set_defaults(func=run_chat)
 
-    convert = subparsers.add_parser("convert", help="convert a transformers dir or .gguf file to a Keras preset dir")
-    convert.add_argument("source", help="transformers checkpoint dir, .gguf file (or any from_preset handle)")
+    convert = subparsers.add_parser(
+        "convert", help="convert a transformers dir or .gguf file to a Keras preset dir"
+    )
+    convert.add_argument(
+        "source", help="transformers checkpoint dir, .gguf file (or any from_preset handle)"
+    )
     convert.add_argument("output", help="the Keras preset directory to write")
-    convert.add_argument("--dtype", default=None, help="weights dtype to save, e.g. bfloat16 (default: float32)")
-    convert.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    convert.add_argument(
+        "--dtype", default=None, help="weights dtype to save, e.g. bfloat16 (default: float32)"
+    )
+    convert.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output directory"
+    )
     convert.set_defaults(func=run_convert)
 
     finetune = subparsers.add_parser("finetune", help="LoRA fine-tuning on a .jsonl or text file")
-    finetune.add_argument("data", help='.jsonl with {"text"} or {"prompt","response"} lines, or text, one per line')
+    finetune.add_argument(
+        "data", help='.jsonl with {"text"} or {"prompt","response"} lines, or text, one per line'
+    )
     _add_model_arguments(finetune)
     finetune.add_argument("--rank", type=_positive_int, default=8, help="LoRA rank (default: 8)")
-    finetune.add_argument("--alpha", type=_positive_float, default=None, help="LoRA alpha (default: the rank)")
+    finetune.add_argument(
+        "--alpha", type=_positive_float, default=None, help="LoRA alpha (default: the rank)"
+    )
     finetune.add_argument("--epochs", type=_positive_int, default=1)
     finetune.add_argument("--batch-size", type=_positive_int, default=4)
     finetune.add_argument("--sequence-length", type=_positive_int, default=256)
@@ -452,7 +511,9 @@ def build_parser():
         default="error",
         help="what to do with an example longer than --sequence-length (default: error)",
     )
-    finetune.add_argument("--output", default="adapter.lora.h5", help="adapter file, .lora.h5 or .safetensors")
+    finetune.add_argument(
+        "--output", default="adapter.lora.h5", help="adapter file, .lora.h5 or .safetensors"
+    )
     finetune.set_defaults(func=run_finetune)
 
     presets = subparsers.add_parser("presets", help="list the registered presets")
@@ -483,7 +544,8 @@ def _set_backend(backend, argv):
         sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, "-m", "keras_gemma", *sys.argv[1:]])
     raise CommandError(
-        f"--backend {backend}: Keras is already imported with the {keras.config.backend()} backend; "
+        f"--backend {backend}: Keras is already imported with the "
+        f"{keras.config.backend()} backend; "
         f"set KERAS_BACKEND={backend} before importing it"
     )
 
@@ -505,7 +567,9 @@ def main(argv=None):
         if os.environ.get(DEBUG_ENV):
             raise
         message = _one_line(error)
-        if not isinstance(error, (CommandError, ValueError, FileNotFoundError, ImportError, ConnectionError)):
+        if not isinstance(
+            error, (CommandError, ValueError, FileNotFoundError, ImportError, ConnectionError)
+        ):
             message = f"{type(error).__name__}: {message}"
         _say(f"error: {message}")
         return 1

@@ -41,7 +41,9 @@ def run_cli(*args, stdin=None, timeout=300, env=None):
 
 
 def assert_ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
     assert "Traceback" not in result.stderr, result.stderr
 
 
@@ -71,7 +73,9 @@ def tiny_preset(tmp_path_factory, vocabulary):
     """A tiny random Gemma 3 saved as a Keras preset directory."""
     keras.utils.set_random_seed(0)
     tokenizer = keras_gemma.GemmaTokenizer(proto=vocabulary)
-    backbone = keras_gemma.GemmaBackbone(**tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size))
+    backbone = keras_gemma.GemmaBackbone(
+        **tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)
+    )
     preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=32)
     directory = str(tmp_path_factory.mktemp("presets") / "tiny_gemma3")
     keras_gemma.GemmaCausalLM(backbone, preprocessor).save_to_preset(directory)
@@ -84,9 +88,16 @@ def tiny_preset(tmp_path_factory, vocabulary):
 def test_generate_prompt_from_stdin_with_sampler(tiny_preset, tmp_path):
     arguments = (
         "generate",
-        "--preset", tiny_preset,
-        "--max-new-tokens", "4",
-        "--sampler", "top_k", "--top-k", "5", "--seed", "3",
+        "--preset",
+        tiny_preset,
+        "--max-new-tokens",
+        "4",
+        "--sampler",
+        "top_k",
+        "--top-k",
+        "5",
+        "--seed",
+        "3",
     )
     env = {"KERAS_GEMMA_CACHE": str(tmp_path), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     result = run_cli(*arguments, stdin=PROMPT + "\n", env=env)
@@ -119,7 +130,14 @@ def test_generate_real_gemma3_270m():
 def test_chat_over_piped_stdin(tiny_preset):
     conversation = "Hello there!\n\nWhat is the capital of Italy?\n/exit\nnever read\n"
     result = run_cli(
-        "chat", "--preset", tiny_preset, "--max-new-tokens", "3", "--max-length", "128", stdin=conversation
+        "chat",
+        "--preset",
+        tiny_preset,
+        "--max-new-tokens",
+        "3",
+        "--max-length",
+        "128",
+        stdin=conversation,
     )
     assert_ok(result)
     # Two user turns (the blank line is skipped), one reply line each; the
@@ -139,7 +157,9 @@ def test_convert_transformers_checkpoint(tmp_path, vocabulary):
     config = tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)
     hf_model = transformers_checkpoints.make_transformers_model(config, seed=1)
     hf_directory = str(tmp_path / "hf")
-    transformers_checkpoints.save_transformers_checkpoint(hf_model, hf_directory, tokenizer_proto=proto)
+    transformers_checkpoints.save_transformers_checkpoint(
+        hf_model, hf_directory, tokenizer_proto=proto
+    )
 
     output = str(tmp_path / "keras_preset")
     result = run_cli("convert", hf_directory, output)
@@ -168,10 +188,20 @@ def test_finetune_lora_on_jsonl(tmp_path, tiny_preset):
     data.write_text("\n".join(json.dumps(record) for record in records) + "\n", encoding="utf-8")
     adapter = tmp_path / "adapter.lora.h5"
     result = run_cli(
-        "finetune", str(data),
-        "--preset", tiny_preset,
-        "--rank", "2", "--epochs", "2", "--batch-size", "2", "--sequence-length", "64",
-        "--output", str(adapter),
+        "finetune",
+        str(data),
+        "--preset",
+        tiny_preset,
+        "--rank",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--sequence-length",
+        "64",
+        "--output",
+        str(adapter),
     )
     if not hasattr(keras_gemma.GemmaBackbone, "enable_lora"):
         # The LoRA API is not in this tree: the command says so in one line.
@@ -224,7 +254,10 @@ def test_missing_preset_fails_with_one_line():
 def test_errors_are_one_line(argv, contains, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
     data.write_text('{"text": "hello"}\n', encoding="utf-8")
-    argv = [str(data) if arg == "__DATA__" else str(tmp_path / "out") if arg == "__OUT__" else arg for arg in argv]
+    argv = [
+        str(data) if arg == "__DATA__" else str(tmp_path / "out") if arg == "__OUT__" else arg
+        for arg in argv
+    ]
     assert cli.main(argv) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -246,7 +279,9 @@ def test_bad_training_files_are_one_line(lines, contains, tmp_path, capsys):
     assert_one_line_error(capsys.readouterr().err, contains=contains)
 
 
-@pytest.mark.parametrize("argv", [["--bogus", "presets"], ["generate", "--sampler", "beamish", "x"], ["frobnicate"]])
+@pytest.mark.parametrize(
+    "argv", [["--bogus", "presets"], ["generate", "--sampler", "beamish", "x"], ["frobnicate"]]
+)
 def test_usage_errors_are_one_line(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
@@ -275,7 +310,9 @@ def test_read_examples_formats(tmp_path):
     tokenizer = keras_gemma.GemmaTokenizer(proto=build_tiny_vocabulary(tmp_path))
     rendered = cli._render_examples(examples, tokenizer)
     assert rendered[0] == "a"
-    assert rendered[1] == "<start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\nr<end_of_turn>\n"
+    assert (
+        rendered[1] == "<start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\nr<end_of_turn>\n"
+    )
 
 
 def test_sampler_options():

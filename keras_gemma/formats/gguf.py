@@ -178,9 +178,7 @@ def read_gguf(path):
 
 def _map_tensors(path, architecture, tensor_infos):
     block_tensors = dict(_BLOCK_TENSORS)
-    block_tensors.update(
-        _GEMMA1_BLOCK_NORMS if architecture == "gemma" else _GEMMA2_BLOCK_NORMS
-    )
+    block_tensors.update(_GEMMA1_BLOCK_NORMS if architecture == "gemma" else _GEMMA2_BLOCK_NORMS)
     entries = {}
     for tensor in tensor_infos:
         name = tensor.name
@@ -206,10 +204,7 @@ def _build_config(path, architecture, fields, tensors):
     def required(key):
         value = arch_value(key)
         if value is None:
-            raise ValueError(
-                f"GGUF file {path!r} lacks the metadata key "
-                f"'{architecture}.{key}'."
-            )
+            raise ValueError(f"GGUF file {path!r} lacks the metadata key '{architecture}.{key}'.")
         return value
 
     hidden_size = int(required("embedding_length"))
@@ -239,8 +234,7 @@ def _build_config(path, architecture, fields, tensors):
     if arch_value("rope.scaling.type") == "linear":
         factor = float(arch_value("rope.scaling.factor", 1.0))
         if factor != 1.0:
-            full_rope = {"rope_type": "linear", "factor": factor,
-                         "rope_theta": rope_theta}
+            full_rope = {"rope_type": "linear", "factor": factor, "rope_theta": rope_theta}
 
     sliding_window = arch_value("attention.sliding_window")
     if architecture == "gemma":
@@ -279,9 +273,7 @@ def _build_config(path, architecture, fields, tensors):
         "num_key_value_heads": num_kv_heads,
         "head_dim": head_dim,
         "hidden_activation": "gelu_pytorch_tanh",
-        "rms_norm_eps": float(
-            np.float32(arch_value("attention.layer_norm_rms_epsilon", 1e-6))
-        ),
+        "rms_norm_eps": float(np.float32(arch_value("attention.layer_norm_rms_epsilon", 1e-6))),
         "max_position_embeddings": int(arch_value("context_length", 8192)),
         "rope_parameters": rope_parameters,
         "query_pre_attn_scalar": query_pre_attn_scalar,

@@ -15,8 +15,17 @@ GGUF_MAGIC = b"GGUF"
 
 # GGUF metadata value types: struct format of each scalar type.
 _SCALAR_FORMATS = {
-    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-    10: "<Q", 11: "<q", 12: "<d",
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
 }
 _STRING, _ARRAY = 8, 9
 
@@ -35,10 +44,8 @@ class _Cursor:
     def take(self, size):
         end = self.offset + size
         if end > len(self.buffer):
-            raise _Truncated(
-                f"needs {end} bytes to read the header, has {len(self.buffer)}"
-            )
-        chunk = self.buffer[self.offset:end]
+            raise _Truncated(f"needs {end} bytes to read the header, has {len(self.buffer)}")
+        chunk = self.buffer[self.offset : end]
         self.offset = end
         return chunk
 
@@ -101,8 +108,7 @@ def parse_gguf(path):
         raise ValueError(f"GGUF file {path!r} is truncated: {error}.") from None
     except (ValueError, UnicodeDecodeError, struct.error) as error:
         raise ValueError(
-            f"GGUF file {path!r} is corrupt: its header could not be parsed "
-            f"({error})."
+            f"GGUF file {path!r} is corrupt: its header could not be parsed ({error})."
         ) from None
     alignment = int(fields.get("general.alignment", 32))
     data_start = -(-cursor.offset // alignment) * alignment
@@ -112,8 +118,7 @@ def parse_gguf(path):
             quant_type = gguf.GGMLQuantizationType(raw_type)
         except ValueError:
             raise ValueError(
-                f"GGUF file {path!r}: tensor {name!r} has unknown type "
-                f"{raw_type}."
+                f"GGUF file {path!r}: tensor {name!r} has unknown type {raw_type}."
             ) from None
         block_size, type_size = gguf.GGML_QUANT_SIZES[quant_type]
         shape = tuple(int(dim) for dim in reversed(dims))  # Outermost first.

@@ -85,9 +85,7 @@ def build_tokenizer_proto(path, fields):
     normalizer = proto.normalizer_spec
     normalizer.name = "identity"
     normalizer.precompiled_charsmap = b""
-    normalizer.add_dummy_prefix = bool(
-        fields.get("tokenizer.ggml.add_space_prefix", False)
-    )
+    normalizer.add_dummy_prefix = bool(fields.get("tokenizer.ggml.add_space_prefix", False))
     normalizer.remove_extra_whitespaces = False
     normalizer.escape_whitespaces = True
     return proto.SerializeToString()
@@ -99,7 +97,6 @@ def _token_array(path, fields, name, length, default):
         return [default] * length
     if len(values) != length:
         raise ValueError(
-            f"GGUF file {path!r}: {name!r} has {len(values)} entries for "
-            f"{length} tokens."
+            f"GGUF file {path!r}: {name!r} has {len(values)} entries for {length} tokens."
         )
     return np.asarray(values).tolist()

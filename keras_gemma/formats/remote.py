@@ -28,7 +28,9 @@ def _local_hint(handle):
             "the model from kaggle.com), copy the files here"
         )
     else:
-        fetch = f"run `hf download {identifier} --local-dir DIR` on a connected machine, copy DIR here"
+        fetch = (
+            f"run `hf download {identifier} --local-dir DIR` on a connected machine, copy DIR here"
+        )
     return (
         f"To work offline, {fetch} and pass that local directory to `from_preset` "
         "(a Keras preset directory or a transformers checkpoint directory), or a "
@@ -37,7 +39,10 @@ def _local_hint(handle):
 
 
 def parse(handle):
-    """`(scheme, id)`: ("kaggle", "owner/model/framework/variation[/version]") or ("hf", "org/repo")."""
+    """`(scheme, id)`.
+
+    `("kaggle", "owner/model/framework/variation[/version]")` or `("hf", "org/repo")`.
+    """
     if handle.startswith(KAGGLE_PREFIX):
         path = handle[len(KAGGLE_PREFIX) :].strip("/")
         parts = path.split("/")
@@ -52,7 +57,9 @@ def parse(handle):
         path = handle[len(HF_PREFIX) :].strip("/")
         parts = path.split("/")
         if len(parts) != 2 or not all(parts):
-            raise ValueError(f"Invalid Hugging Face handle {handle!r}: expected `hf://org/repo`, e.g. `hf://google/gemma-3-1b-it`.")
+            raise ValueError(
+                f"Invalid Hugging Face handle {handle!r}: expected `hf://org/repo`, e.g. `hf://google/gemma-3-1b-it`."
+            )
         return "hf", path
     raise ValueError(f"{handle!r} is not a `kaggle://` or `hf://` handle.")
 
@@ -105,7 +112,9 @@ def _download_kaggle(handle, model_id):
         ok, error = _reachable(KAGGLE_HOST)
         if not ok:
             raise _offline_error(handle, f"{KAGGLE_HOST} is unreachable ({error})") from None
-        raise ConnectionError(f"Downloading {handle!r} from Kaggle failed: {first_error}. {_local_hint(handle)}") from first_error
+        raise ConnectionError(
+            f"Downloading {handle!r} from Kaggle failed: {first_error}. {_local_hint(handle)}"
+        ) from first_error
 
 
 def _download_hf(handle, repo_id):
@@ -121,15 +130,22 @@ def _download_hf(handle, repo_id):
     if offline:
         # Files already in the local Hugging Face cache still load.
         try:
-            return huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+            return huggingface_hub.snapshot_download(
+                repo_id, allow_patterns=patterns, local_files_only=True
+            )
         except Exception:
-            raise _offline_error(handle, f"{reason}, and it is not in the local Hugging Face cache") from None
+            raise _offline_error(
+                handle, f"{reason}, and it is not in the local Hugging Face cache"
+            ) from None
     try:
-        return huggingface_hub.snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=PROBE_TIMEOUT_S)
+        return huggingface_hub.snapshot_download(
+            repo_id, allow_patterns=patterns, etag_timeout=PROBE_TIMEOUT_S
+        )
     except Exception as error:  # huggingface_hub raises its own error types.
         raise ConnectionError(
             f"Downloading {handle!r} from Hugging Face failed: {type(error).__name__}: {error}. "
-            f"Gated Gemma repos need `huggingface-cli login` after accepting the license. {_local_hint(handle)}"
+            "Gated Gemma repos need `huggingface-cli login` after accepting the license. "
+            f"{_local_hint(handle)}"
         ) from error
 
 

@@ -130,7 +130,7 @@ def transformers_weight_map(config):
             if inner == "pre_ffw_norm/scale" and not config["use_post_attention_norm"]:
                 # Gemma 1 names its pre-FFW norm `post_attention_layernorm`.
                 hf_name = "post_attention_layernorm.weight"
-            hf_name = f"layers.{block[len('decoder_block_'):]}.{hf_name}"
+            hf_name = f"layers.{block[len('decoder_block_') :]}.{hf_name}"
         entries.append((hf_name, path, conversion))
     return entries
 

@@ -25,9 +25,9 @@ class IncrementalDetokenizer:
         if text.endswith("\ufffd"):
             return ""
         if text.startswith(self.emitted):
-            piece = text[len(self.emitted):]
+            piece = text[len(self.emitted) :]
         else:
-            piece = text[len(_common_prefix(text, self.emitted)):]
+            piece = text[len(_common_prefix(text, self.emitted)) :]
         self.emitted = text
         return piece
 
@@ -35,7 +35,7 @@ class IncrementalDetokenizer:
         """The held-back end, if any."""
         text = self.tokenizer.detokenize(self.tokens) if self.tokens else ""
         if len(text) > len(self.emitted) and text.startswith(self.emitted):
-            piece, self.emitted = text[len(self.emitted):], text
+            piece, self.emitted = text[len(self.emitted) :], text
             return piece
         return ""
 

@@ -275,8 +275,17 @@ class CompiledGenerator:
         key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids)
         return loop, key + (pad_token_id,)
 
-    def generate(self, token_ids, padding_mask, max_new_tokens, total_length, sampler,
-                 stop_token_ids, seed=None, pad_token_id=0):
+    def generate(
+        self,
+        token_ids,
+        padding_mask,
+        max_new_tokens,
+        total_length,
+        sampler,
+        stop_token_ids,
+        seed=None,
+        pad_token_id=0,
+    ):
         """Left-padded prompts `[b, P]` -> `(new tokens [b, capacity], count)`."""
         loop, key = self._prompt_loop(
             token_ids, total_length, sampler, stop_token_ids, pad_token_id
@@ -295,8 +304,17 @@ class CompiledGenerator:
         )
         return ops.convert_to_numpy(output), int(ops.convert_to_numpy(steps))
 
-    def stream(self, token_ids, padding_mask, max_new_tokens, total_length, sampler,
-               stop_token_ids, seed=None, pad_token_id=0):
+    def stream(
+        self,
+        token_ids,
+        padding_mask,
+        max_new_tokens,
+        total_length,
+        sampler,
+        stop_token_ids,
+        seed=None,
+        pad_token_id=0,
+    ):
         """Yields each step's new tokens `[b]` as NumPy, as soon as they exist."""
         loop, key = self._prompt_loop(
             token_ids, total_length, sampler, stop_token_ids, pad_token_id
@@ -370,8 +388,19 @@ class CompiledGenerator:
             position += chunk
         return hidden, caches
 
-    def chat_decode(self, hidden, caches, slot, max_new_tokens, total_length, sampler,
-                    stop_token_ids, seed=None, pad_token_id=0, stream=False):
+    def chat_decode(
+        self,
+        hidden,
+        caches,
+        slot,
+        max_new_tokens,
+        total_length,
+        sampler,
+        stop_token_ids,
+        seed=None,
+        pad_token_id=0,
+        stream=False,
+    ):
         """Samples a reply after `hidden` (the last fed token at `slot - 1`).
 
         Returns `(tokens [1, capacity], count, caches)`, or with `stream=True`

@@ -131,7 +131,7 @@ def _ring_write(buffer, new, start):
     count = new.shape[1]
     if count >= ring_length:
         # Only the last `ring_length` tokens survive; slot s goes to s % ring_length.
-        tail = new[:, count - ring_length:]
+        tail = new[:, count - ring_length :]
         shift = (start + count - ring_length) % ring_length
         return ops.roll(tail, shift, axis=1)
     padded = ops.pad(new, [[0, 0], [0, ring_length - count], [0, 0], [0, 0]])

@@ -140,8 +140,8 @@ def left_pad(prompts, length, pad_token_id=0):
     padding_mask = np.zeros((len(prompts), length), dtype="int32")
     for row, prompt in enumerate(prompts):
         if prompt:
-            token_ids[row, length - len(prompt):] = prompt
-            padding_mask[row, length - len(prompt):] = 1
+            token_ids[row, length - len(prompt) :] = prompt
+            padding_mask[row, length - len(prompt) :] = 1
     return token_ids, padding_mask
 
 

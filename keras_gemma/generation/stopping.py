@@ -42,9 +42,7 @@ def resolve_stop_token_ids(causal_lm, stop_token_ids):
     vocabulary_size = causal_lm.backbone.vocabulary_size
     for i in ids:
         if not 0 <= i < vocabulary_size:
-            raise ValueError(
-                f"Stop token id {i} is outside the vocabulary [0, {vocabulary_size})."
-            )
+            raise ValueError(f"Stop token id {i} is outside the vocabulary [0, {vocabulary_size}).")
     return ids
 
 

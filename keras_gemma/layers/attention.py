@@ -154,12 +154,8 @@ class GemmaAttention(keras.layers.Layer):
             dtype=policy,
         )
         if use_query_key_norm:
-            self.query_norm = RMSNormalization(
-                layer_norm_epsilon, name="query_norm", dtype=policy
-            )
-            self.key_norm = RMSNormalization(
-                layer_norm_epsilon, name="key_norm", dtype=policy
-            )
+            self.query_norm = RMSNormalization(layer_norm_epsilon, name="query_norm", dtype=policy)
+            self.key_norm = RMSNormalization(layer_norm_epsilon, name="key_norm", dtype=policy)
         self.rotary_embedding = RotaryEmbedding(
             rope_wavelength, rope_scaling_factor, name="rotary_embedding", dtype=policy
         )
@@ -178,9 +174,7 @@ class GemmaAttention(keras.layers.Layer):
             kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy,
         )
-        self.attention_output.build(
-            (None, None, self.num_query_heads, self.head_dim)
-        )
+        self.attention_output.build((None, None, self.num_query_heads, self.head_dim))
         if self.use_query_key_norm:
             head_shape = (None, None, None, self.head_dim)
             self.query_norm.build(head_shape)
@@ -228,9 +222,7 @@ class GemmaAttention(keras.layers.Layer):
         logits = ops.where(mask, logits, MASKED_LOGIT)
         probabilities = ops.softmax(logits, axis=-1)
         probabilities = ops.cast(probabilities, self.compute_dtype)
-        probabilities = call_layer(
-            self.dropout_layer, direct, probabilities, training=training
-        )
+        probabilities = call_layer(self.dropout_layer, direct, probabilities, training=training)
 
         if cache is not None:
             cache_length = ops.shape(key_cache)[1]

@@ -87,9 +87,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         if layer_type not in LAYER_TYPES:
-            raise ValueError(
-                f"`layer_type` must be one of {LAYER_TYPES}. Received: {layer_type!r}"
-            )
+            raise ValueError(f"`layer_type` must be one of {LAYER_TYPES}. Received: {layer_type!r}")
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
         self.num_query_heads = num_query_heads
@@ -133,9 +131,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
             self.post_attention_norm = RMSNormalization(
                 layer_norm_epsilon, name="post_attention_norm", dtype=policy
             )
-        self.pre_ffw_norm = RMSNormalization(
-            layer_norm_epsilon, name="pre_ffw_norm", dtype=policy
-        )
+        self.pre_ffw_norm = RMSNormalization(layer_norm_epsilon, name="pre_ffw_norm", dtype=policy)
         self.feed_forward = GatedFeedForward(
             hidden_dim,
             intermediate_dim,
@@ -173,11 +169,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
         if attention_mask is None:
             positions = positions_from_padding_mask(padding_mask)
             slots = ops.arange(ops.shape(inputs)[1], dtype="int32")
-            window = (
-                self.sliding_window_size
-                if self.layer_type == SLIDING_ATTENTION
-                else None
-            )
+            window = self.sliding_window_size if self.layer_type == SLIDING_ATTENTION else None
             attention_mask = build_attention_mask(slots, slots, padding_mask, window)
         normed = call_layer(self.pre_attention_norm, direct, inputs)
         attended = call_layer(

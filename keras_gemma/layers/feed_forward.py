@@ -30,9 +30,7 @@ class GatedFeedForward(keras.layers.Layer):
         A tensor `[batch, seq, hidden_dim]`.
     """
 
-    def __init__(
-        self, hidden_dim, intermediate_dim, kernel_initializer="glorot_uniform", **kwargs
-    ):
+    def __init__(self, hidden_dim, intermediate_dim, kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
@@ -42,15 +40,11 @@ class GatedFeedForward(keras.layers.Layer):
             "use_bias": False,
             "kernel_initializer": kernel_initializer,
         }
-        self.ffw_gating = keras.layers.Dense(
-            intermediate_dim, name="ffw_gating", **dense_kwargs
-        )
+        self.ffw_gating = keras.layers.Dense(intermediate_dim, name="ffw_gating", **dense_kwargs)
         self.ffw_gating_2 = keras.layers.Dense(
             intermediate_dim, name="ffw_gating_2", **dense_kwargs
         )
-        self.ffw_linear = keras.layers.Dense(
-            hidden_dim, name="ffw_linear", **dense_kwargs
-        )
+        self.ffw_linear = keras.layers.Dense(hidden_dim, name="ffw_linear", **dense_kwargs)
 
     def build(self, input_shape):
         self.ffw_gating.build(input_shape)

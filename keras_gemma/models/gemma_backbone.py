@@ -59,7 +59,8 @@ def validate_config(config):
         )
     if config["head_dim"] % 2:
         raise ValueError(
-            f"`head_dim` must be even for rotary embeddings. Received: head_dim={config['head_dim']}"
+            "`head_dim` must be even for rotary embeddings. "
+            f"Received: head_dim={config['head_dim']}"
         )
     layer_types = config["layer_types"]
     if len(layer_types) != config["num_layers"]:
@@ -89,7 +90,11 @@ def validate_config(config):
     if config["rope_scaling_factor"] is None:
         raise ValueError("`rope_scaling_factor` must be a positive number. Received: None")
     dropout = config["dropout"]
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, numbers.Real)
+        or not 0.0 <= dropout < 1.0
+    ):
         raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={config['dropout']!r}")
     for name in ("use_post_attention_norm", "use_post_ffw_norm", "use_query_key_norm"):
         if not isinstance(config[name], bool):
@@ -117,7 +122,9 @@ def _embedding_quantization_kwargs(dtype):
     policy = dtype["token_embedding"]
     if policy.quantization_mode != "int4":
         return {}
-    return {"quantization_config": keras.quantizers.Int4QuantizationConfig(block_size=policy.block_size)}
+    return {
+        "quantization_config": keras.quantizers.Int4QuantizationConfig(block_size=policy.block_size)
+    }
 
 
 def _scale_embeddings(x, hidden_dim):
@@ -220,7 +227,11 @@ class GemmaBackbone(keras.Model):
         if isinstance(layer_types, str) or not (
             layer_types is None or isinstance(layer_types, (list, tuple))
         ):
-            kind = "not a string" if isinstance(layer_types, str) else f"not {type(layer_types).__name__}"
+            kind = (
+                "not a string"
+                if isinstance(layer_types, str)
+                else f"not {type(layer_types).__name__}"
+            )
             raise ValueError(
                 f"`layer_types` must be a list with one entry per layer, {kind}. "
                 f"Received: {layer_types!r}"
@@ -259,7 +270,9 @@ class GemmaBackbone(keras.Model):
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
             tie_weights=True,
-            embeddings_initializer="zeros" if zeros else keras.initializers.VarianceScaling(
+            embeddings_initializer="zeros"
+            if zeros
+            else keras.initializers.VarianceScaling(
                 scale=1.0, mode="fan_in", distribution="untruncated_normal", seed=None
             ),
             dtype=dtype,
@@ -430,7 +443,7 @@ class GemmaBackbone(keras.Model):
         lora.enable_lora(self, rank, alpha=alpha, target_names=target_names)
 
     def save_lora_weights(self, path):
-        """Writes only the adapter (`.lora.h5` or `.safetensors`) with its rank, alpha and targets."""
+        """Writes only the adapter (`.lora.h5` or `.safetensors`): rank, alpha, targets."""
         lora.save_lora_weights(self, path)
 
     def load_lora_weights(self, path):

@@ -92,10 +92,14 @@ class GemmaCausalLM(keras.Model):
                 "`GemmaCausalLM(backbone, preprocessor)` or load it with `from_preset`."
             )
         if y is not None or sample_weight is not None:
-            raise ValueError("With string inputs, labels and weights come from the text; pass only `x`.")
+            raise ValueError(
+                "With string inputs, labels and weights come from the text; pass only `x`."
+            )
         return self.preprocessor(prompts.text_list(x))
 
-    def fit(self, x=None, y=None, batch_size=None, sample_weight=None, validation_data=None, **kwargs):
+    def fit(
+        self, x=None, y=None, batch_size=None, sample_weight=None, validation_data=None, **kwargs
+    ):
         """`keras.Model.fit`, also on raw strings, lists, NumPy or `tf.data`.
 
         Strings are packed by the preprocessor (next-token labels, padding
@@ -106,7 +110,12 @@ class GemmaCausalLM(keras.Model):
         if validation_data is not None and prompts.is_text(validation_data):
             validation_data = self._preprocess_for_training(validation_data, None, None)
         return super().fit(
-            x, y, batch_size=batch_size, sample_weight=sample_weight, validation_data=validation_data, **kwargs
+            x,
+            y,
+            batch_size=batch_size,
+            sample_weight=sample_weight,
+            validation_data=validation_data,
+            **kwargs,
         )
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):

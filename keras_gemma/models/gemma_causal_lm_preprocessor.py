@@ -75,8 +75,7 @@ class GemmaCausalLMPreprocessor:
     ):
         if truncate not in TRUNCATE_MODES:
             raise ValueError(
-                f"`truncate` must be one of {TRUNCATE_MODES}. Received: "
-                f"truncate={truncate!r}"
+                f"`truncate` must be one of {TRUNCATE_MODES}. Received: truncate={truncate!r}"
             )
         if int(sequence_length) < 1:
             raise ValueError(
@@ -184,9 +183,7 @@ class GemmaCausalLMPreprocessor:
         batch = ids if is_batch else [ids]
         start, end = self._special_ids(add_end_token)
         content_limit = length - len(start) - len(end)
-        token_ids = np.full(
-            (len(batch), length), self.tokenizer.pad_token_id, "int32"
-        )
+        token_ids = np.full((len(batch), length), self.tokenizer.pad_token_id, "int32")
         padding_mask = np.zeros((len(batch), length), bool)
         for index, content in enumerate(batch):
             if len(content) > content_limit:
@@ -247,8 +244,7 @@ class GemmaCausalLMPreprocessor:
             start_index = tensorflow.maximum(lengths - content_limit, 0)
             ids = tensorflow.ragged.boolean_mask(
                 ids,
-                tensorflow.ragged.range(lengths)
-                >= start_index[:, tensorflow.newaxis],
+                tensorflow.ragged.range(lengths) >= start_index[:, tensorflow.newaxis],
             )
         batch_size = ids.nrows()
         parts = [tensorflow.fill([batch_size, 1], index) for index in start]
@@ -259,9 +255,7 @@ class GemmaCausalLMPreprocessor:
             default_value=self.tokenizer.pad_token_id,
             shape=[None, length],
         )  # (b, length)
-        padding_mask = tensorflow.sequence_mask(
-            ids.row_lengths(), maxlen=length
-        )  # (b, length)
+        padding_mask = tensorflow.sequence_mask(ids.row_lengths(), maxlen=length)  # (b, length)
         with tensorflow.control_dependencies(checks):
             token_ids = tensorflow.identity(token_ids)
         if not is_batch:
@@ -283,9 +277,7 @@ class GemmaCausalLMPreprocessor:
     def from_config(cls, config):
         config = dict(config)
         if isinstance(config["tokenizer"], dict):
-            config["tokenizer"] = keras.saving.deserialize_keras_object(
-                config["tokenizer"]
-            )
+            config["tokenizer"] = keras.saving.deserialize_keras_object(config["tokenizer"])
         return cls(**config)
 
     @classmethod

@@ -34,9 +34,7 @@ def is_tensorflow_tensor(value):
 def _re2_escape(text):
     """Escapes `text` as a literal for RE2 (tensorflow-text's regex engine)."""
     return "".join(
-        character
-        if character.isalnum() or ord(character) > 127
-        else f"\\x{{{ord(character):x}}}"
+        character if character.isalnum() or ord(character) > 127 else f"\\x{{{ord(character):x}}}"
         for character in text
     )
 
@@ -99,30 +97,22 @@ class GemmaTokenizer:
                 f"{type(proto).__name__}"
             )
         self.proto = proto
-        self._sentencepiece = sentencepiece.SentencePieceProcessor(
-            model_proto=proto
-        )
+        self._sentencepiece = sentencepiece.SentencePieceProcessor(model_proto=proto)
         self._tensorflow_sentencepiece = None
         # Control and unknown pieces, longest first: matched in raw text.
         self._special_pieces = sorted(
             (
                 self.id_to_token(index)
                 for index in range(self.vocabulary_size)
-                if any(
-                    getattr(self._sentencepiece, check)(index)
-                    for check in _CONTROL_PIECE_TYPES
-                )
+                if any(getattr(self._sentencepiece, check)(index) for check in _CONTROL_PIECE_TYPES)
             ),
             key=len,
             reverse=True,
         )
         self._special_piece_ids = [
-            self._sentencepiece.piece_to_id(piece)
-            for piece in self._special_pieces
+            self._sentencepiece.piece_to_id(piece) for piece in self._special_pieces
         ]
-        self._special_piece_to_id = dict(
-            zip(self._special_pieces, self._special_piece_ids)
-        )
+        self._special_piece_to_id = dict(zip(self._special_pieces, self._special_piece_ids))
         self._special_pattern = None
         if self._special_pieces:
             self._special_pattern = re.compile(
@@ -143,18 +133,13 @@ class GemmaTokenizer:
     def id_to_token(self, id):
         """Returns the piece (str) of token id `id`."""
         if not 0 <= int(id) < self.vocabulary_size:
-            raise ValueError(
-                f"`id` must be in [0, {self.vocabulary_size - 1}]. "
-                f"Received: id={id}"
-            )
+            raise ValueError(f"`id` must be in [0, {self.vocabulary_size - 1}]. Received: id={id}")
         return self._sentencepiece.id_to_piece(int(id))
 
     def token_to_id(self, token):
         """Returns the id of piece `token`; ValueError if not a piece."""
         index = self._sentencepiece.piece_to_id(token)
-        if index == self._sentencepiece.unk_id() and token != self.id_to_token(
-            index
-        ):
+        if index == self._sentencepiece.unk_id() and token != self.id_to_token(index):
             raise ValueError(
                 f"{token!r} is not a piece of this vocabulary. To encode "
                 "text, call the tokenizer instead."
@@ -210,9 +195,7 @@ class GemmaTokenizer:
         return ids if is_batch else ids[0]
 
     def _encode_text(self, text):
-        if self._special_pattern is None or not self._special_pattern.search(
-            text
-        ):
+        if self._special_pattern is None or not self._special_pattern.search(text):
             return self._sentencepiece.encode(text)
         ids = []
         # Odd parts are the special pieces themselves (capturing split).
@@ -250,18 +233,14 @@ class GemmaTokenizer:
         is_batch = len(ids) > 0 and isinstance(ids[0], (list, tuple))
         batch = ids if is_batch else [ids]
         texts = [
-            self._sentencepiece.decode(
-                [int(i) for i in sequence if int(i) != self.pad_token_id]
-            )
+            self._sentencepiece.decode([int(i) for i in sequence if int(i) != self.pad_token_id])
             for sequence in batch
         ]
         return texts if is_batch else texts[0]
 
     # === Chat ===
 
-    def apply_chat_template(
-        self, messages, add_generation_prompt=True, tokenize=True
-    ):
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
         """Renders a conversation in Gemma's turn format.
 
         `<bos><start_of_turn>user\\n{text}<end_of_turn>\\n<start_of_turn>model
@@ -291,8 +270,7 @@ class GemmaTokenizer:
             role = message.get("role")
             if role not in CHAT_ROLES:
                 raise ValueError(
-                    f"Unknown chat role {role!r} in message {index}. "
-                    f"Allowed roles: {CHAT_ROLES}."
+                    f"Unknown chat role {role!r} in message {index}. Allowed roles: {CHAT_ROLES}."
                 )
             if (role == "user") != (index % 2 == 0) or role == "system":
                 raise ValueError(
@@ -320,10 +298,8 @@ class GemmaTokenizer:
             # Created eagerly even when first called while tracing a graph
             # (`tf.data` map, `tf.function`), so that every trace shares it.
             with tensorflow.init_scope():
-                self._tensorflow_sentencepiece = (
-                    tensorflow_text.SentencepieceTokenizer(
-                        model=self.proto, out_type=tensorflow.int32
-                    )
+                self._tensorflow_sentencepiece = tensorflow_text.SentencepieceTokenizer(
+                    model=self.proto, out_type=tensorflow.int32
                 )
         return self._tensorflow_sentencepiece
 
@@ -381,9 +357,7 @@ class GemmaTokenizer:
             ids = tensorflow.RaggedTensor.from_tensor(ids)
         ids = tensorflow.cast(ids, "int32")
         if self.pad_token_id is not None:
-            ids = tensorflow.ragged.boolean_mask(
-                ids, tensorflow.not_equal(ids, self.pad_token_id)
-            )
+            ids = tensorflow.ragged.boolean_mask(ids, tensorflow.not_equal(ids, self.pad_token_id))
         return self._tensorflow_tokenizer().detokenize(ids)
 
     # === Serialization ===

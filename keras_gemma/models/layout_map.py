@@ -96,9 +96,7 @@ def kernel_axes(config, model_axis="model", data_axis="batch", model_size=1, dat
         key_value_wanted = (None, model_axis, data_axis)
     block = r"decoder_block_\d+/"
     return {
-        "token_embedding/embeddings": _axes(
-            (vocabulary, hidden), (model_axis, data_axis), sizes
-        ),
+        "token_embedding/embeddings": _axes((vocabulary, hidden), (model_axis, data_axis), sizes),
         block + "attention/query/kernel": _axes(
             (query_heads, hidden, head_dim), (model_axis, data_axis, None), sizes
         ),
@@ -209,9 +207,7 @@ def backbone_layout_map(
                 "backbone: `backbone.get_layout_map(mesh)`."
             )
         config = backbone.get_config()
-    return get_layout_map(
-        config, device_mesh, model_parallel_dim_name, data_parallel_dim_name
-    )
+    return get_layout_map(config, device_mesh, model_parallel_dim_name, data_parallel_dim_name)
 
 
 class ConfigMethod:

@@ -85,7 +85,9 @@ def target_layers(backbone, target_names):
                 parent, parent_name = block.attention, "attention"
             else:
                 parent, parent_name = block.feed_forward, "feed_forward"
-            layers.append((f"decoder_block_{index}/{parent_name}/{name}", index, name, getattr(parent, name)))
+            layers.append(
+                (f"decoder_block_{index}/{parent_name}/{name}", index, name, getattr(parent, name))
+            )
     return layers
 
 
@@ -96,7 +98,9 @@ def lora_state(backbone):
 def _require_state(backbone, action):
     state = lora_state(backbone)
     if state is None:
-        raise ValueError(f"LoRA is not enabled on this backbone; call `enable_lora(rank)` before `{action}`.")
+        raise ValueError(
+            f"LoRA is not enabled on this backbone; call `enable_lora(rank)` before `{action}`."
+        )
     return state
 
 
@@ -109,7 +113,9 @@ def _check_rank_alpha(rank, alpha):
     if alpha is not None and (
         isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or alpha <= 0
     ):
-        raise ValueError(f"`alpha` must be a positive number or None (= rank). Received: alpha={alpha!r}")
+        raise ValueError(
+            f"`alpha` must be a positive number or None (= rank). Received: alpha={alpha!r}"
+        )
 
 
 def enable_lora(backbone, rank, alpha=None, target_names=DEFAULT_TARGETS):
@@ -128,9 +134,11 @@ def enable_lora(backbone, rank, alpha=None, target_names=DEFAULT_TARGETS):
     rank = int(rank)
     alpha = float(rank if alpha is None else alpha)
     layers = target_layers(backbone, names)
-    for _, _, name, layer in layers:
+    for _, _, _, layer in layers:
         if getattr(layer, "lora_enabled", False):
-            raise ValueError(f"Layer `{layer.path}` already has LoRA enabled outside `enable_lora`.")
+            raise ValueError(
+                f"Layer `{layer.path}` already has LoRA enabled outside `enable_lora`."
+            )
     # Freeze every weight (embeddings and norms included); the new adapter
     # variables are created trainable afterwards. (`Layer.trainable = True`
     # would re-mark every variable trainable, so it is not touched here.)
@@ -233,10 +241,13 @@ def load_lora_weights(backbone, path):
             needed = tuple(getattr(layer, part).shape)
         else:
             kernel_shape = tuple(layer.kernel.shape)
-            needed = kernel_shape[:-1] + (rank,) if part == "lora_kernel_a" else (rank, kernel_shape[-1])
+            needed = (
+                kernel_shape[:-1] + (rank,) if part == "lora_kernel_a" else (rank, kernel_shape[-1])
+            )
         if tuple(tensors[key].shape) != needed:
             raise ValueError(
-                f"Adapter tensor `{key}` has shape {tuple(tensors[key].shape)}; this backbone needs "
+                f"Adapter tensor `{key}` has shape {tuple(tensors[key].shape)}; "
+                "this backbone needs "
                 f"{needed}. The adapter was trained on a different model config."
             )
     if state is None:

@@ -200,8 +200,14 @@ class BeamSampler:
     uses_seen_tokens = False
 
     def __init__(self, num_beams=4, length_penalty=1.0):
-        if isinstance(num_beams, bool) or not isinstance(num_beams, numbers.Integral) or num_beams < 1:
-            raise ValueError(f"`num_beams` must be an integer >= 1. Received: num_beams={num_beams!r}")
+        if (
+            isinstance(num_beams, bool)
+            or not isinstance(num_beams, numbers.Integral)
+            or num_beams < 1
+        ):
+            raise ValueError(
+                f"`num_beams` must be an integer >= 1. Received: num_beams={num_beams!r}"
+            )
         self.num_beams = int(num_beams)
         self.length_penalty = float(length_penalty)
 
@@ -239,5 +245,6 @@ def get(identifier):
     if isinstance(identifier, dict) and identifier.get("class_name") in SAMPLERS:
         return SAMPLERS[identifier["class_name"]](**identifier.get("config", {}))
     raise ValueError(
-        f"`sampler` must be a sampler instance or one of {sorted(SAMPLERS)}. Received: {identifier!r}"
+        f"`sampler` must be a sampler instance or one of {sorted(SAMPLERS)}. "
+        f"Received: {identifier!r}"
     )

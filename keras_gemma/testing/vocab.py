@@ -73,8 +73,7 @@ def build_tiny_vocabulary(directory, vocabulary_size=DEFAULT_VOCABULARY_SIZE):
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise ValueError(
-            f"`directory` must be an existing directory. Received: "
-            f"directory={directory!r}"
+            f"`directory` must be an existing directory. Received: directory={directory!r}"
         )
     # Lines are written with "\n" escaped: the trainer reads one line per
     # sentence.

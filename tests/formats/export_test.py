@@ -66,7 +66,11 @@ def exports(preprocessor, tmp_path_factory):
         lm = random_causal_lm(family, seed, preprocessor)
         directory = str(tmp_path_factory.mktemp(f"export_{family}"))
         lm.export_to_transformers(directory)
-        result[family] = {"lm": lm, "directory": directory, "logits": keras.ops.convert_to_numpy(lm(inputs))}
+        result[family] = {
+            "lm": lm,
+            "directory": directory,
+            "logits": keras.ops.convert_to_numpy(lm(inputs)),
+        }
     return result
 
 
@@ -97,21 +101,32 @@ class TestExportToTransformers(TestCase):
         with open(os.path.join(directory, "generation_config.json")) as file:
             generation = json.load(file)
         tokenizer = preprocessor.tokenizer
-        assert generation["eos_token_id"] == [tokenizer.eos_token_id, tokenizer.end_of_turn_token_id]
+        assert generation["eos_token_id"] == [
+            tokenizer.eos_token_id,
+            tokenizer.end_of_turn_token_id,
+        ]
         hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
         text = "the capital of France is Paris"
         assert hf_tokenizer(text)["input_ids"] == [tokenizer.bos_token_id] + tokenizer(text)
         # The export is itself a `from_preset` handle: the same model comes back.
         reloaded = GemmaCausalLM.from_preset(directory)
-        self.assert_all_close(reloaded(make_inputs()), exports["gemma3"]["logits"], atol=1e-6, rtol=1e-6)
+        self.assert_all_close(
+            reloaded(make_inputs()), exports["gemma3"]["logits"], atol=1e-6, rtol=1e-6
+        )
         assert reloaded.preprocessor is not None
 
     def test_without_preprocessor_and_bfloat16(self, tmp_path):
         lm = random_causal_lm("gemma2", seed=7)
-        bf16 = GemmaCausalLM(GemmaBackbone.from_config(dict(lm.backbone.get_config(), dtype="bfloat16")))
+        bf16 = GemmaCausalLM(
+            GemmaBackbone.from_config(dict(lm.backbone.get_config(), dtype="bfloat16"))
+        )
         bf16.backbone.set_weights(lm.backbone.get_weights())
         bf16.export_to_transformers(str(tmp_path / "bf16"))
-        assert sorted(os.listdir(tmp_path / "bf16")) == ["config.json", "generation_config.json", "model.safetensors"]
+        assert sorted(os.listdir(tmp_path / "bf16")) == [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+        ]
         with open(tmp_path / "bf16" / "config.json") as file:
             assert json.load(file)["dtype"] == "bfloat16"
         reloaded = GemmaBackbone.from_preset(str(tmp_path / "bf16"))
@@ -123,7 +138,9 @@ class TestExportToTransformers(TestCase):
 
         target = str(tmp_path / "export")
         exports["gemma"]["lm"].export_to_transformers(target)
-        before = {name: open(os.path.join(target, name), "rb").read() for name in os.listdir(target)}
+        before = {
+            name: open(os.path.join(target, name), "rb").read() for name in os.listdir(target)
+        }
 
         def fail(*args, **kwargs):
             raise OSError("No space left on device")

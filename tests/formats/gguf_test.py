@@ -34,9 +34,7 @@ def transformers_gguf(gguf_path, checkpoint):
         model = transformers.AutoModelForCausalLM.from_config(
             transformers.AutoConfig.for_model(**checkpoint.config)
         )
-    parsed = load_gguf_checkpoint(
-        gguf_path, return_tensors=True, model_to_load=model
-    )
+    parsed = load_gguf_checkpoint(gguf_path, return_tensors=True, model_to_load=model)
     config = transformers.AutoConfig.for_model(**parsed["config"]).to_dict()
     return config, parsed["tensors"]
 
@@ -81,11 +79,21 @@ def test_config_builds_a_transformers_config(checkpoint, transformers_gguf):
     ours = transformers.AutoConfig.for_model(**checkpoint.config).to_dict()
     theirs, _ = transformers_gguf
     for key in (
-        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-        "num_attention_heads", "num_key_value_heads", "head_dim",
-        "sliding_window", "layer_types", "query_pre_attn_scalar",
-        "rope_parameters", "max_position_embeddings", "tie_word_embeddings",
-        "final_logit_softcapping", "attn_logit_softcapping",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "sliding_window",
+        "layer_types",
+        "query_pre_attn_scalar",
+        "rope_parameters",
+        "max_position_embeddings",
+        "tie_word_embeddings",
+        "final_logit_softcapping",
+        "attn_logit_softcapping",
     ):
         assert ours[key] == theirs[key], key
     assert ours["rms_norm_eps"] == pytest.approx(theirs["rms_norm_eps"])
@@ -105,13 +113,15 @@ def test_tensor_names_shapes_and_parameter_count(checkpoint):
     assert shapes[layer + "self_attn.q_norm.weight"] == (256,)
     assert shapes[layer + "mlp.gate_proj.weight"] == (2048, 640)
     assert shapes[layer + "mlp.down_proj.weight"] == (640, 2048)
-    for norm in ("input_layernorm", "post_attention_layernorm",
-                 "pre_feedforward_layernorm", "post_feedforward_layernorm"):
+    for norm in (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ):
         assert shapes[f"{layer}{norm}.weight"] == (640,)
     assert "lm_head.weight" not in shapes  # Tied embeddings.
-    assert sum(int(np.prod(shape)) for shape in shapes.values()) == (
-        GEMMA3_270M_PARAMS
-    )
+    assert sum(int(np.prod(shape)) for shape in shapes.values()) == (GEMMA3_270M_PARAMS)
 
 
 def test_tensors_equal_transformers_gguf_loader(checkpoint, transformers_gguf):
@@ -175,9 +185,7 @@ def sentencepiece_tokenizer(checkpoint):
     return spm.SentencePieceProcessor(model_proto=checkpoint.tokenizer_proto)
 
 
-def test_tokenizer_matches_transformers_gguf_tokenizer(
-    gguf_path, sentencepiece_tokenizer
-):
+def test_tokenizer_matches_transformers_gguf_tokenizer(gguf_path, sentencepiece_tokenizer):
     transformers = pytest.importorskip("transformers")
     directory, name = os.path.split(gguf_path)
     reference = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
@@ -223,9 +231,13 @@ def test_tokenizer_round_trips(sentencepiece_tokenizer):
 def test_tiny_gemma2_file(tmp_path):
     path = str(tmp_path / "tiny.gguf")
     arrays = _write_tiny_gguf(
-        path, "gemma2",
-        extra={"attention.sliding_window": 16, "attn_logit_softcapping": 50.0,
-               "final_logit_softcapping": 30.0},
+        path,
+        "gemma2",
+        extra={
+            "attention.sliding_window": 16,
+            "attn_logit_softcapping": 50.0,
+            "final_logit_softcapping": 30.0,
+        },
     )
     checkpoint = read_gguf(path)
     config = checkpoint.config
@@ -247,9 +259,7 @@ def test_tiny_gemma2_file(tmp_path):
     np.testing.assert_array_equal(
         tensors["model.layers.2.self_attn.q_proj.weight"], arrays["blk.2.attn_q.weight"]
     )
-    np.testing.assert_array_equal(
-        tensors["model.embed_tokens.weight"], arrays["token_embd.weight"]
-    )
+    np.testing.assert_array_equal(tensors["model.embed_tokens.weight"], arrays["token_embd.weight"])
 
 
 def test_tiny_gemma1_file_maps_ffn_norm_to_post_attention_layernorm(tmp_path):
@@ -269,14 +279,22 @@ def test_tiny_gemma1_file_maps_ffn_norm_to_post_attention_layernorm(tmp_path):
 def test_tiny_gemma3_rope_scaling_and_attention_scale(tmp_path):
     path = str(tmp_path / "tiny.gguf")
     _write_tiny_gguf(
-        path, "gemma3", num_layers=7,
-        extra={"rope.freq_base": 1e6, "rope.scaling.type": "linear",
-               "rope.scaling.factor": 8.0, "attention.scale": 1 / 12.0},
+        path,
+        "gemma3",
+        num_layers=7,
+        extra={
+            "rope.freq_base": 1e6,
+            "rope.scaling.type": "linear",
+            "rope.scaling.factor": 8.0,
+            "attention.scale": 1 / 12.0,
+        },
     )
     config = read_gguf(path).config
     assert config["model_type"] == "gemma3_text"
     assert config["rope_parameters"]["full_attention"] == {
-        "rope_type": "linear", "factor": 8.0, "rope_theta": 1e6,
+        "rope_type": "linear",
+        "factor": 8.0,
+        "rope_theta": 1e6,
     }
     assert config["query_pre_attn_scalar"] == pytest.approx(144.0)
     assert config["layer_types"][5] == "full_attention"

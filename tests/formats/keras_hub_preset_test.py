@@ -108,9 +108,9 @@ def presets(tmp_path_factory):
             # A whole task with its preprocessor, as Kaggle presets have.
             tokenizer = keras_hub.models.GemmaTokenizer(proto=vocabulary)
             preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=24)
-            keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=preprocessor).save_to_preset(
-                directory
-            )
+            keras_hub.models.GemmaCausalLM(
+                backbone=backbone, preprocessor=preprocessor
+            ).save_to_preset(directory)
         else:
             backbone.save_to_preset(directory)
         result[family] = {
@@ -142,7 +142,10 @@ class TestKerasHubPresets(TestCase):
         gemma3, dtype = keras_hub_preset.backbone_config(presets["gemma3"]["directory"])
         assert dtype == "float32"
         assert gemma3["intermediate_dim"] == 48  # Gemma3Backbone's is one branch.
-        assert gemma3["layer_types"] == ["sliding_attention"] * 5 + ["full_attention", "sliding_attention"]
+        assert gemma3["layer_types"] == ["sliding_attention"] * 5 + [
+            "full_attention",
+            "sliding_attention",
+        ]
         assert (gemma3["rope_wavelength"], gemma3["local_rope_wavelength"]) == (1e6, 1e4)
         assert gemma3["rope_scaling_factor"] == 8.0
         assert gemma3["use_query_key_norm"] and gemma3["sliding_window_size"] == 4
@@ -191,7 +194,14 @@ class TestKerasHubPresets(TestCase):
 
     def test_unsupported_class_is_refused(self, tmp_path):
         with open(tmp_path / "config.json", "w") as file:
-            json.dump({"class_name": "BertBackbone", "registered_name": "keras_hub>BertBackbone", "config": {}}, file)
+            json.dump(
+                {
+                    "class_name": "BertBackbone",
+                    "registered_name": "keras_hub>BertBackbone",
+                    "config": {},
+                },
+                file,
+            )
         with open(tmp_path / "metadata.json", "w") as file:
             json.dump({}, file)
         with pytest.raises(ValueError, match="keras_hub>BertBackbone"):

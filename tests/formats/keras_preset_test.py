@@ -41,7 +41,9 @@ def make_inputs():
 @pytest.fixture(scope="module")
 def preprocessor(tmp_path_factory):
     vocabulary = build_tiny_vocabulary(tmp_path_factory.mktemp("vocab"))
-    return GemmaCausalLMPreprocessor(GemmaTokenizer(vocabulary), sequence_length=20, add_end_token=False)
+    return GemmaCausalLMPreprocessor(
+        GemmaTokenizer(vocabulary), sequence_length=20, add_end_token=False
+    )
 
 
 def assert_bit_identical(first, second):
@@ -60,14 +62,17 @@ class TestKerasPreset(TestCase):
     @pytest.mark.parametrize("with_preprocessor", [True, False])
     def test_save_load_bit_identical(self, family, with_preprocessor, preprocessor, tmp_path):
         lm = GemmaCausalLM(
-            random_backbone(family, FAMILIES.index(family)), preprocessor if with_preprocessor else None
+            random_backbone(family, FAMILIES.index(family)),
+            preprocessor if with_preprocessor else None,
         )
         directory = str(tmp_path / "preset")
         lm.save_to_preset(directory)
         assert handle_kind(directory) == preset_files.KERAS_PRESET
         # `sequence_length=None`: the stored preprocessor settings, unchanged.
         reloaded = GemmaCausalLM.from_preset(directory, sequence_length=None)
-        assert without_name(reloaded.backbone.get_config()) == without_name(lm.backbone.get_config())
+        assert without_name(reloaded.backbone.get_config()) == without_name(
+            lm.backbone.get_config()
+        )
         assert_bit_identical(lm.backbone, reloaded.backbone)
         inputs = make_inputs()
         np.testing.assert_array_equal(
@@ -123,7 +128,9 @@ class TestKerasPreset(TestCase):
         GemmaCausalLM(random_backbone("gemma", 0)).save_to_preset(directory)
         with open(os.path.join(directory, "config.json")) as file:
             config = json.load(file)
-        config.update(module="keras_gemma.evil", registered_name="keras_gemma>Evil", class_name="Evil")
+        config.update(
+            module="keras_gemma.evil", registered_name="keras_gemma>Evil", class_name="Evil"
+        )
         with open(os.path.join(directory, "config.json"), "w") as file:
             json.dump(config, file)
         with pytest.raises(ValueError, match="Only this package's classes"):

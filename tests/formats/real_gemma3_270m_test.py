@@ -93,16 +93,24 @@ class TestRealGemma3_270m(TestCase):
         for index, row in enumerate(rows):
             token_ids[index, : len(row)] = row
             padding_mask[index, : len(row)] = 1
-        logits = keras.ops.convert_to_numpy(ours({"token_ids": token_ids, "padding_mask": padding_mask}))
+        logits = keras.ops.convert_to_numpy(
+            ours({"token_ids": token_ids, "padding_mask": padding_mask})
+        )
         with torch.no_grad():
-            expected = model(
-                input_ids=torch.tensor(token_ids, dtype=torch.long),
-                attention_mask=torch.tensor(padding_mask, dtype=torch.long),
-            ).logits.float().numpy()
+            expected = (
+                model(
+                    input_ids=torch.tensor(token_ids, dtype=torch.long),
+                    attention_mask=torch.tensor(padding_mask, dtype=torch.long),
+                )
+                .logits.float()
+                .numpy()
+            )
         valid = padding_mask.astype(bool)
         np.testing.assert_allclose(logits[valid], expected[valid], atol=2e-3, rtol=0)
         for index, row in enumerate(rows):
-            assert np.argmax(logits[index, len(row) - 1]) == np.argmax(expected[index, len(row) - 1])
+            assert np.argmax(logits[index, len(row) - 1]) == np.argmax(
+                expected[index, len(row) - 1]
+            )
 
     def test_greedy_continuation_matches_transformers(self, ours, hf):
         import torch
@@ -112,10 +120,16 @@ class TestRealGemma3_270m(TestCase):
         ids = prompt_ids(tokenizer, FRANCE)
         with torch.no_grad():
             expected = model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-            )[0, len(ids):].tolist()
-        inputs = {"token_ids": np.array([ids], "int32"), "padding_mask": np.ones((1, len(ids)), "int32")}
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+            )[0, len(ids) :].tolist()
+        inputs = {
+            "token_ids": np.array([ids], "int32"),
+            "padding_mask": np.ones((1, len(ids)), "int32"),
+        }
         output = ours.generate(inputs, max_new_tokens=NEW_TOKENS, stop_token_ids=None)
         token_ids = np.asarray(keras.ops.convert_to_numpy(output["token_ids"]))[0]
         assert token_ids[: len(ids)].tolist() == ids
@@ -127,5 +141,7 @@ class TestRealGemma3_270m(TestCase):
         _, hf_tokenizer = hf
         tokenizer = ours.preprocessor.tokenizer
         for text in TOKENIZER_STRINGS:
-            assert tokenizer(text) == hf_tokenizer(text, add_special_tokens=False)["input_ids"], text
+            assert tokenizer(text) == hf_tokenizer(text, add_special_tokens=False)["input_ids"], (
+                text
+            )
         assert tokenizer.vocabulary_size == len(hf_tokenizer)

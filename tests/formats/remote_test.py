@@ -1,4 +1,4 @@
-"""`kaggle://` and `hf://` handles: fast, helpful failures offline; success via the hub libraries."""
+"""`kaggle://` and `hf://` handles: fast, helpful failures offline; success via hub libraries."""
 
 import os
 import sys
@@ -51,7 +51,13 @@ class TestOffline:
 class TestHandles:
     @pytest.mark.parametrize(
         "handle",
-        ["hf://google", "hf://a/b/c", "kaggle://keras/gemma3", "kaggle://a/b/c/d/e/f", "s3://bucket/x"],
+        [
+            "hf://google",
+            "hf://a/b/c",
+            "kaggle://keras/gemma3",
+            "kaggle://a/b/c/d/e/f",
+            "s3://bucket/x",
+        ],
     )
     def test_invalid_handles(self, handle):
         with pytest.raises(ValueError, match="handle"):
@@ -59,7 +65,10 @@ class TestHandles:
 
     @pytest.mark.parametrize(
         "handle,module,extra",
-        [("hf://google/gemma-3-1b-it", "huggingface_hub", "hf"), ("kaggle://keras/gemma3/keras/gemma3_1b/3", "kagglehub", "kaggle")],
+        [
+            ("hf://google/gemma-3-1b-it", "huggingface_hub", "hf"),
+            ("kaggle://keras/gemma3/keras/gemma3_1b/3", "kagglehub", "kaggle"),
+        ],
     )
     def test_missing_package_names_the_extra(self, handle, module, extra, monkeypatch):
         monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError.

@@ -158,9 +158,7 @@ class TestConfigRoundTrip:
         assert backbone_config_from_transformers(hf_config) == config
 
     def test_gemma1_query_pre_attn_scalar_is_head_dim(self):
-        config = backbone_config_from_transformers(
-            dict(GEMMA1_HF, query_pre_attn_scalar=99)
-        )
+        config = backbone_config_from_transformers(dict(GEMMA1_HF, query_pre_attn_scalar=99))
         assert config["query_pre_attn_scalar"] == config["head_dim"] == 256
 
 
@@ -253,9 +251,7 @@ class TestConfigMapping:
 
     def test_gemma3_rope_defaults_without_rope_keys(self):
         hf_config = {
-            key: value
-            for key, value in GEMMA3_4B_TEXT_HF.items()
-            if not key.startswith("rope_")
+            key: value for key, value in GEMMA3_4B_TEXT_HF.items() if not key.startswith("rope_")
         }
         config = backbone_config_from_transformers(hf_config)
         assert (config["rope_wavelength"], config["local_rope_wavelength"]) == (1e6, 1e4)
@@ -355,9 +351,7 @@ class TestBadCheckpoints(TestCase):
     def test_missing_config(self, checkpoints, tmp_path):
         directory = tmp_path / "no_config"
         directory.mkdir()
-        shutil.copy(
-            os.path.join(checkpoints["gemma"]["directory"], "model.safetensors"), directory
-        )
+        shutil.copy(os.path.join(checkpoints["gemma"]["directory"], "model.safetensors"), directory)
         with pytest.raises(FileNotFoundError, match="No `config.json` in"):
             hf_format.read_checkpoint(str(directory))
         with pytest.raises(FileNotFoundError):

@@ -14,5 +14,5 @@ def test_stream_pieces_hold_back_a_split_multibyte_character(tmp_path):
     assert text.add(second) == "é"
     assert text.flush() == ""
     text.add(first)  # A character that never completes is flushed at the end.
-    assert text.flush() == tokenizer.detokenize(text.tokens)[len("The caté"):]
+    assert text.flush() == tokenizer.detokenize(text.tokens)[len("The caté") :]
     assert text.flush() == ""

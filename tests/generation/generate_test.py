@@ -5,10 +5,10 @@ input), beam search, chat sessions and the engine's compile reuse and
 PyTorch trace checks; they share the module-scoped models below.
 """
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import keras_gemma
 from keras_gemma import samplers
 from keras_gemma.generation.engine import CompiledGenerator
@@ -75,7 +75,7 @@ def _greedy_by_full_forward(lm, prompt, count):
         padding_mask = (np.arange(length) < len(sequence))[None].astype("int32")
         logits = lm.predict_on_batch({"token_ids": token_ids, "padding_mask": padding_mask})
         sequence.append(int(np.asarray(logits)[0, len(sequence) - 1].argmax()))
-    return sequence[len(prompt):]
+    return sequence[len(prompt) :]
 
 
 def _new_tokens(output, row=0):
@@ -119,7 +119,7 @@ def test_greedy_equals_transformers_generate(pair):
             do_sample=False,
             eos_token_id=None,
             pad_token_id=0,
-        )[0, len(prompt):].tolist()
+        )[0, len(prompt) :].tolist()
         output = lm.generate(
             _ids(prompt), max_new_tokens=12, stop_token_ids=None, strip_prompt=True
         )
@@ -143,7 +143,7 @@ def test_beam_search_equals_transformers(gemma2_pair):
         early_stopping=False,
         eos_token_id=None,
         pad_token_id=0,
-    )[0, len(prompt):].tolist()
+    )[0, len(prompt) :].tolist()
     output = lm.generate(
         _ids(prompt),
         max_new_tokens=8,
@@ -158,7 +158,10 @@ def test_one_beam_is_greedy(gemma2_pair):
     _, lm = gemma2_pair
     greedy = lm.generate(_ids(PROMPTS[2]), max_new_tokens=9, stop_token_ids=None, strip_prompt=True)
     beam = lm.generate(
-        _ids(PROMPTS[2]), max_new_tokens=9, stop_token_ids=None, strip_prompt=True,
+        _ids(PROMPTS[2]),
+        max_new_tokens=9,
+        stop_token_ids=None,
+        strip_prompt=True,
         sampler=samplers.BeamSampler(num_beams=1),
     )
     assert _new_tokens(beam) == _new_tokens(greedy)

@@ -33,4 +33,3 @@ def test_distributed_guide_runs_on_eight_simulated_devices():
     assert "query kernel (4, 64, 8) -> P('model', 'batch', None)" in output
     assert "one device holds (1, 32, 8)" in output
     assert "int8 weights:" in output
-

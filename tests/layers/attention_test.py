@@ -207,7 +207,9 @@ class TestGemmaAttention(TestCase):
         x, positions, mask = causal_inputs(14)
         full = layer(x, positions=positions, attention_mask=mask)
         _, (key_cache, value_cache) = layer(
-            x[:, :11], positions=positions[:, :11], attention_mask=mask[:, :11, :11],
+            x[:, :11],
+            positions=positions[:, :11],
+            attention_mask=mask[:, :11, :11],
             return_key_value=True,
         )
         garbage = np.full((2, 2, 1, 8), 50.0, "float32")
@@ -215,7 +217,9 @@ class TestGemmaAttention(TestCase):
         value_cache = keras.ops.concatenate([value_cache, garbage], axis=1)
         step_mask = np.array([[[1] * 11 + [0, 0, 1]]] * 2, bool)
         output, _ = layer(
-            x[:, 11:], positions=positions[:, 11:], attention_mask=step_mask,
+            x[:, 11:],
+            positions=positions[:, 11:],
+            attention_mask=step_mask,
             cache=(key_cache, value_cache),
         )
         self.assert_all_close(output, full[:, 11:], atol=1e-5, rtol=1e-5)

@@ -145,8 +145,10 @@ class TestGemmaDecoderBlock(TestCase):
         block, weights, config = make_block(5, sliding_window_size=3)
         x, padding_mask = inputs(6)
         assert_rows_close(
-            self, block(x, padding_mask=padding_mask),
-            block_reference(weights, config, x, padding_mask), padding_mask,
+            self,
+            block(x, padding_mask=padding_mask),
+            block_reference(weights, config, x, padding_mask),
+            padding_mask,
         )
 
     def test_explicit_mask_and_cache_equal_plain_call(self):
@@ -160,18 +162,23 @@ class TestGemmaDecoderBlock(TestCase):
         self.assert_all_close(explicit, full, atol=1e-6)
 
         _, (key_cache, value_cache) = block(
-            x[:, :9], positions=positions[:, :9], attention_mask=mask[:, :9, :9],
+            x[:, :9],
+            positions=positions[:, :9],
+            attention_mask=mask[:, :9, :9],
             return_key_value=True,
         )
         output, _ = block(
-            x[:, 9:], positions=positions[:, 9:], attention_mask=mask[:, 9:],
+            x[:, 9:],
+            positions=positions[:, 9:],
+            attention_mask=mask[:, 9:],
             cache=(key_cache, value_cache),
         )
         valid = padding_mask[:, 9:].astype(bool)
         self.assert_all_close(
             keras.ops.convert_to_numpy(output)[valid],
             keras.ops.convert_to_numpy(full)[:, 9:][valid],
-            atol=1e-5, rtol=1e-5,
+            atol=1e-5,
+            rtol=1e-5,
         )
 
     def test_dropout_only_in_training(self):

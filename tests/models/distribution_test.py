@@ -155,10 +155,16 @@ def run_on_simulated_devices(script, timeout=240):
     return completed.stdout
 
 
-@pytest.mark.skipif(keras.config.backend() != "jax", reason="keras.distribution model parallelism is JAX-only")
+@pytest.mark.skipif(
+    keras.config.backend() != "jax", reason="keras.distribution model parallelism is JAX-only"
+)
 def test_two_by_four_mesh_splits_weights_and_matches_single_device():
     output = run_on_simulated_devices(DISTRIBUTED_SCRIPT)
-    results = [json.loads(line[len("RESULT "):]) for line in output.splitlines() if line.startswith("RESULT ")]
+    results = [
+        json.loads(line[len("RESULT ") :])
+        for line in output.splitlines()
+        if line.startswith("RESULT ")
+    ]
     assert [r["family"] for r in results] == ["gemma", "gemma2", "gemma3"]
     for result in results:
         assert result["max_logit_difference"] < 1e-4, result

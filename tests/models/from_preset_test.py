@@ -14,7 +14,10 @@ from keras_gemma.testing.configs import tiny_config
 from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 OBJECTS = (GemmaBackbone, GemmaTokenizer, GemmaCausalLMPreprocessor, GemmaCausalLM)
-INPUTS = {"token_ids": np.array([[2, 40, 41, 42, 43]], "int32"), "padding_mask": np.ones((1, 5), "int32")}
+INPUTS = {
+    "token_ids": np.array([[2, 40, 41, 42, 43]], "int32"),
+    "padding_mask": np.ones((1, 5), "int32"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,10 @@ def handles(tmp_path_factory):
     vocabulary = build_tiny_vocabulary(str(root))
     tokenizer = GemmaTokenizer(vocabulary)
     preprocessor = GemmaCausalLMPreprocessor(tokenizer, sequence_length=32)
-    lm = GemmaCausalLM(GemmaBackbone(**tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)), preprocessor)
+    lm = GemmaCausalLM(
+        GemmaBackbone(**tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)),
+        preprocessor,
+    )
     result = {}
     ours = str(root / "ours")
     lm.save_to_preset(ours)
@@ -36,14 +42,21 @@ def handles(tmp_path_factory):
         import keras_hub
 
         hub = keras_hub.models.GemmaBackbone(
-            vocabulary_size=tokenizer.vocabulary_size, num_layers=2, num_query_heads=2, num_key_value_heads=1,
-            hidden_dim=16, intermediate_dim=32, head_dim=8,
+            vocabulary_size=tokenizer.vocabulary_size,
+            num_layers=2,
+            num_query_heads=2,
+            num_key_value_heads=1,
+            hidden_dim=16,
+            intermediate_dim=32,
+            head_dim=8,
         )
         hub_preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(
             keras_hub.models.GemmaTokenizer(proto=vocabulary), sequence_length=32
         )
         hub_dir = str(root / "keras_hub")
-        keras_hub.models.GemmaCausalLM(backbone=hub, preprocessor=hub_preprocessor).save_to_preset(hub_dir)
+        keras_hub.models.GemmaCausalLM(backbone=hub, preprocessor=hub_preprocessor).save_to_preset(
+            hub_dir
+        )
         reference = GemmaCausalLM(GemmaBackbone.from_preset(hub_dir), preprocessor)
         result["keras_hub"] = (hub_dir, reference)
     except ImportError:
@@ -65,7 +78,6 @@ def test_all_objects_from_local_handles(kind, handles):
     if kind not in handles:
         pytest.skip("keras-hub not installed")
     handle, reference = handles[kind]
-    tokenizer = reference.preprocessor.tokenizer
     for path in (handle, os.path.abspath(handle)):
         # The `.gguf` file as a backbone handle, in bfloat16: `dtype` is honoured.
         backbone = GemmaBackbone.from_preset(path, dtype="bfloat16")
@@ -74,5 +86,7 @@ def test_all_objects_from_local_handles(kind, handles):
             assert ours.dtype == "bfloat16"
             np.testing.assert_array_equal(
                 keras.ops.convert_to_numpy(keras.ops.cast(ours, "float32")),
-                keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(theirs, "bfloat16"), "float32")),
+                keras.ops.convert_to_numpy(
+                    keras.ops.cast(keras.ops.cast(theirs, "bfloat16"), "float32")
+                ),
             )

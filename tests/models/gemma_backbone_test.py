@@ -114,8 +114,13 @@ class TestGemmaBackbone(TestCase):
 
     def test_defaults(self):
         backbone = GemmaBackbone(
-            vocabulary_size=320, num_layers=2, num_query_heads=4, num_key_value_heads=1,
-            hidden_dim=32, intermediate_dim=48, head_dim=8,
+            vocabulary_size=320,
+            num_layers=2,
+            num_query_heads=4,
+            num_key_value_heads=1,
+            hidden_dim=32,
+            intermediate_dim=48,
+            head_dim=8,
         )
         config = backbone.get_config()
         assert config["layer_types"] == [FULL, FULL]

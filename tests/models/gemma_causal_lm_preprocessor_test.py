@@ -8,9 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_gemma.models.gemma_causal_lm_preprocessor import (
-    GemmaCausalLMPreprocessor,
-)
+from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
 from keras_gemma.testing.vocab import build_tiny_vocabulary
 
@@ -105,16 +103,12 @@ def test_too_long_text_raises(tokenizer):
 
 
 def test_explicit_truncation(tokenizer):
-    right = GemmaCausalLMPreprocessor(
-        tokenizer, sequence_length=5, truncate="right"
-    )
+    right = GemmaCausalLMPreprocessor(tokenizer, sequence_length=5, truncate="right")
     x, labels, sample_weight = right(["the fox"])
     np.testing.assert_array_equal(x["token_ids"], [[BOS, *THE_FOX[:4]]])
     np.testing.assert_array_equal(labels, [[*THE_FOX[:4], EOS]])
     np.testing.assert_array_equal(sample_weight, [[1, 1, 1, 1, 1]])
-    left = GemmaCausalLMPreprocessor(
-        tokenizer, sequence_length=5, truncate="left"
-    )
+    left = GemmaCausalLMPreprocessor(tokenizer, sequence_length=5, truncate="left")
     x, labels, _ = left(["the fox"])
     np.testing.assert_array_equal(x["token_ids"], [[BOS, *THE_FOX[1:]]])
     np.testing.assert_array_equal(labels, [[*THE_FOX[1:], EOS]])
@@ -143,9 +137,7 @@ def test_generate_preprocess_and_postprocess(tokenizer):
     # The model wrote `EOS` and `<end_of_turn>` after the prompts; ids where
     # the padding mask is False are dropped whatever they are.
     end_of_turn = tokenizer.end_of_turn_token_id
-    token_ids = np.array(
-        [[BOS, *THE_FOX, end_of_turn, EOS], [BOS, *A, *A, EOS, 331, 331, 0, 0]]
-    )
+    token_ids = np.array([[BOS, *THE_FOX, end_of_turn, EOS], [BOS, *A, *A, EOS, 331, 331, 0, 0]])
     padding_mask = np.array([[1] * 8, [1, 1, 1, 1, 0, 0, 0, 0]], bool)
     outputs = preprocessor.generate_postprocess(
         {
@@ -175,9 +167,7 @@ def test_matches_keras_hub(vocabulary_path, tokenizer):
             actual[0][name], keras.ops.convert_to_numpy(expected[0][name])
         )
     for index in (1, 2):
-        np.testing.assert_array_equal(
-            actual[index], keras.ops.convert_to_numpy(expected[index])
-        )
+        np.testing.assert_array_equal(actual[index], keras.ops.convert_to_numpy(expected[index]))
 
 
 def test_tensorflow_dataset_matches_eager(tokenizer):
@@ -197,9 +187,7 @@ def test_tensorflow_dataset_matches_eager(tokenizer):
         assert x["padding_mask"].dtype == tf.bool
         assert sample_weight.dtype == tf.float32
         np.testing.assert_array_equal(x["token_ids"], expected[0]["token_ids"])
-        np.testing.assert_array_equal(
-            x["padding_mask"], expected[0]["padding_mask"]
-        )
+        np.testing.assert_array_equal(x["padding_mask"], expected[0]["padding_mask"])
         np.testing.assert_array_equal(labels, expected[1])
         np.testing.assert_array_equal(sample_weight, expected[2])
 
@@ -209,15 +197,11 @@ def test_tensorflow_truncation_matches_eager(tokenizer):
 
     texts = ["the fox", "a", "the capital of France"]
     for truncate in ("right", "left"):
-        preprocessor = GemmaCausalLMPreprocessor(
-            tokenizer, sequence_length=5, truncate=truncate
-        )
+        preprocessor = GemmaCausalLMPreprocessor(tokenizer, sequence_length=5, truncate=truncate)
         for method in (preprocessor, preprocessor.generate_preprocess):
             expected = method(texts)
             actual = tf.function(method)(tf.constant(texts))
-            tf.nest.map_structure(
-                np.testing.assert_array_equal, actual, expected
-            )
+            tf.nest.map_structure(np.testing.assert_array_equal, actual, expected)
     preprocessor = GemmaCausalLMPreprocessor(tokenizer, sequence_length=5)
     dataset = tf.data.Dataset.from_tensor_slices(texts).batch(3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="truncate="):
@@ -228,18 +212,14 @@ def test_config_round_trip(tokenizer):
     preprocessor = GemmaCausalLMPreprocessor(
         tokenizer, sequence_length=16, add_end_token=False, truncate="left"
     )
-    serialized = json.loads(
-        json.dumps(keras.saving.serialize_keras_object(preprocessor))
-    )
+    serialized = json.loads(json.dumps(keras.saving.serialize_keras_object(preprocessor)))
     restored = keras.saving.deserialize_keras_object(serialized)
     assert restored.get_config() == preprocessor.get_config()
     np.testing.assert_array_equal(restored(TEXTS)[1], preprocessor(TEXTS)[1])
 
 
 def test_preset_round_trip(tokenizer, tmp_path):
-    preprocessor = GemmaCausalLMPreprocessor(
-        tokenizer, sequence_length=16, truncate="right"
-    )
+    preprocessor = GemmaCausalLMPreprocessor(tokenizer, sequence_length=16, truncate="right")
     preprocessor.save_to_preset(tmp_path)
     assert sorted(os.listdir(tmp_path)) == [
         "assets",
@@ -258,9 +238,7 @@ def test_preset_round_trip(tokenizer, tmp_path):
         }
     restored = GemmaCausalLMPreprocessor.from_preset(str(tmp_path))
     assert restored.get_config() == preprocessor.get_config()
-    longer = GemmaCausalLMPreprocessor.from_preset(
-        str(tmp_path), sequence_length=32
-    )
+    longer = GemmaCausalLMPreprocessor.from_preset(str(tmp_path), sequence_length=32)
     assert longer.sequence_length == 32
     assert longer(TEXTS)[0]["token_ids"].shape == (len(TEXTS), 32)
 
@@ -315,9 +293,7 @@ def test_works_without_tensorflow(tmp_path):
     import keras_gemma
 
     repository = os.path.dirname(os.path.dirname(keras_gemma.__file__))
-    python_path = os.pathsep.join(
-        filter(None, [repository, os.environ.get("PYTHONPATH")])
-    )
+    python_path = os.pathsep.join(filter(None, [repository, os.environ.get("PYTHONPATH")]))
     environment = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=python_path)
     result = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)],

@@ -61,20 +61,14 @@ def sentencepiece_processor(vocabulary_path):
     return sentencepiece.SentencePieceProcessor(model_file=vocabulary_path)
 
 
-def test_special_token_ids_come_from_the_vocabulary(
-    tokenizer, vocabulary_path
-):
+def test_special_token_ids_come_from_the_vocabulary(tokenizer, vocabulary_path):
     processor = sentencepiece_processor(vocabulary_path)
     assert tokenizer.pad_token_id == processor.piece_to_id("<pad>") == 0
     assert tokenizer.eos_token_id == processor.piece_to_id("<eos>") == 1
     assert tokenizer.bos_token_id == processor.piece_to_id("<bos>") == 2
     assert tokenizer.unk_token_id == processor.piece_to_id("<unk>") == 3
-    assert tokenizer.start_of_turn_token_id == processor.piece_to_id(
-        "<start_of_turn>"
-    )
-    assert tokenizer.end_of_turn_token_id == processor.piece_to_id(
-        "<end_of_turn>"
-    )
+    assert tokenizer.start_of_turn_token_id == processor.piece_to_id("<start_of_turn>")
+    assert tokenizer.end_of_turn_token_id == processor.piece_to_id("<end_of_turn>")
     assert tokenizer.vocabulary_size == processor.get_piece_size()
 
 
@@ -154,9 +148,7 @@ def test_detokenize_matches_transformers(tokenizer, transformers_tokenizer):
 def test_id_to_token_and_token_to_id(tokenizer, vocabulary_path):
     processor = sentencepiece_processor(vocabulary_path)
     vocabulary = tokenizer.get_vocabulary()
-    assert vocabulary == [
-        processor.id_to_piece(i) for i in range(processor.get_piece_size())
-    ]
+    assert vocabulary == [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
     for index in (0, 3, tokenizer.end_of_turn_token_id, 300):
         token = tokenizer.id_to_token(index)
         assert tokenizer.token_to_id(token) == index
@@ -208,9 +200,7 @@ def test_tensorflow_function_and_detokenize(tokenizer):
     expected = tokenizer(texts)
     rows = padded.numpy().tolist()
     assert [row[: len(ids)] for row, ids in zip(rows, expected)] == expected
-    assert [text.decode() for text in decoded.numpy()] == tokenizer.detokenize(
-        expected
-    )
+    assert [text.decode() for text in decoded.numpy()] == tokenizer.detokenize(expected)
     single = tokenizer.detokenize(tf.constant(expected[1] + [0, 0]))
     assert single.numpy().decode() == texts[1]
 
@@ -251,15 +241,11 @@ def test_chat_template_ids_and_text(tokenizer, vocabulary_path):
         + processor.encode("model\n")
     )
     assert tokenizer.apply_chat_template(messages) == expected
-    no_prompt = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=False
-    )
+    no_prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
     assert no_prompt == expected[: -len([start] + processor.encode("model\n"))]
 
 
-def test_chat_template_matches_transformers_gemma3_template(
-    tokenizer, transformers_tokenizer
-):
+def test_chat_template_matches_transformers_gemma3_template(tokenizer, transformers_tokenizer):
     # The text part of Hugging Face's Gemma 3 chat template.
     transformers_tokenizer.chat_template = (
         "{{ bos_token }}"
@@ -316,9 +302,7 @@ def test_config_round_trip(tokenizer):
     assert restored.proto == tokenizer.proto
     serialized = keras.saving.serialize_keras_object(tokenizer)
     assert serialized["registered_name"] == "keras_gemma>GemmaTokenizer"
-    restored = keras.saving.deserialize_keras_object(
-        json.loads(json.dumps(serialized))
-    )
+    restored = keras.saving.deserialize_keras_object(json.loads(json.dumps(serialized)))
     assert isinstance(restored, GemmaTokenizer)
     assert restored(STRINGS) == tokenizer(STRINGS)
 

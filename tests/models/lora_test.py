@@ -64,7 +64,9 @@ def tokenizer(tmp_path_factory):
 def make_causal_lm(tokenizer=None, family="gemma3", **overrides):
     backbone = GemmaBackbone(**tiny_config(family, vocabulary_size=VOCABULARY_SIZE, **overrides))
     backbone.set_weights(random_base_weights(backbone))
-    preprocessor = None if tokenizer is None else GemmaCausalLMPreprocessor(tokenizer, sequence_length=32)
+    preprocessor = (
+        None if tokenizer is None else GemmaCausalLMPreprocessor(tokenizer, sequence_length=32)
+    )
     return GemmaCausalLM(backbone, preprocessor)
 
 
@@ -72,7 +74,10 @@ def token_inputs(batch=2, length=10, seed=0):
     generator = np.random.default_rng(seed)
     padding_mask = np.ones((batch, length), "int32")
     padding_mask[0, -3:] = 0
-    return {"token_ids": generator.integers(3, VOCABULARY_SIZE, (batch, length)).astype("int32"), "padding_mask": padding_mask}
+    return {
+        "token_ids": generator.integers(3, VOCABULARY_SIZE, (batch, length)).astype("int32"),
+        "padding_mask": padding_mask,
+    }
 
 
 class TestLoraSetup(TestCase):
@@ -96,8 +101,14 @@ class TestLoraSetup(TestCase):
 
     def test_closed_form_for_gemma3_270m_query_value(self):
         # 18 layers x [q: 4*640*8 + 8*256, v: 1*640*8 + 8*256].
-        config = {"num_layers": 18, "hidden_dim": 640, "intermediate_dim": 2048, "head_dim": 256,
-                  "num_query_heads": 4, "num_key_value_heads": 1}
+        config = {
+            "num_layers": 18,
+            "hidden_dim": 640,
+            "intermediate_dim": 2048,
+            "head_dim": 256,
+            "num_query_heads": 4,
+            "num_key_value_heads": 1,
+        }
         assert lora.lora_parameter_count(config, 8) == 18 * (20480 + 2048 + 5120 + 2048)
 
     def test_bad_arguments(self):
@@ -173,7 +184,9 @@ class TestLoraTraining(TestCase):
         wrong_targets.enable_lora(2, target_names="all")
         with pytest.raises(ValueError, match="targets"):
             wrong_targets.load_lora_weights(h5_path)
-        wrong_shape = GemmaBackbone(**tiny_config("gemma3", vocabulary_size=VOCABULARY_SIZE, head_dim=4))
+        wrong_shape = GemmaBackbone(
+            **tiny_config("gemma3", vocabulary_size=VOCABULARY_SIZE, head_dim=4)
+        )
         with pytest.raises(ValueError, match="shape"):
             wrong_shape.load_lora_weights(h5_path)
         with pytest.raises(ValueError, match="must end in"):
@@ -209,7 +222,9 @@ class TestLoraTraining(TestCase):
         trainable = sum(int(np.prod(v.shape)) for v in causal_lm.trainable_weights)
         assert trainable == lora.lora_parameter_count(config, 4, "all")
         causal_lm.compile(optimizer=keras.optimizers.Adam(5e-2))
-        history = causal_lm.fit(inputs, labels, sample_weight=inputs["padding_mask"], epochs=8, verbose=0)
+        history = causal_lm.fit(
+            inputs, labels, sample_weight=inputs["padding_mask"], epochs=8, verbose=0
+        )
         losses = history.history["loss"]
         assert losses[-1] < 0.9 * losses[0], losses
 
@@ -223,7 +238,10 @@ class TestLoraTraining(TestCase):
                 causal_lm.enable_gradient_checkpointing()
             causal_lm.enable_lora(2)
             set_random_adapters(causal_lm.backbone)
-            causal_lm.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            causal_lm.compile(
+                optimizer=keras.optimizers.SGD(0.5),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
             losses.append(causal_lm.fit(inputs, labels, epochs=3, verbose=0).history["loss"])
         np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
         assert losses[0][-1] < losses[0][0]
@@ -244,7 +262,10 @@ def cross_backend_losses():
     causal_lm = make_causal_lm(family="gemma")
     causal_lm.enable_lora(2, target_names=("query", "value", "ffw_linear"))
     set_random_adapters(causal_lm.backbone, seed=3, scale=0.1)
-    causal_lm.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    causal_lm.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     inputs = token_inputs(batch=4, length=8, seed=5)
     labels = np.roll(inputs["token_ids"], -1, axis=1)
     history = causal_lm.fit(inputs, labels, batch_size=4, epochs=6, shuffle=False, verbose=0)
@@ -258,7 +279,11 @@ def test_same_fine_tune_on_two_backends_ends_at_close_losses():
     environment = dict(os.environ, KERAS_BACKEND=other)
     environment["PYTHONPATH"] = os.pathsep.join([os.getcwd(), environment.get("PYTHONPATH", "")])
     process = subprocess.Popen(
-        [sys.executable, "-c", script], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", script],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     ours = cross_backend_losses()
     stdout, stderr = process.communicate(timeout=300)

@@ -24,7 +24,9 @@ def test_mixed_bfloat16_trains_float32_weights_in_bfloat16():
     before = keras.ops.convert_to_numpy(block.attention.query.kernel)
     causal_lm.compile(optimizer=keras.optimizers.SGD(0.1))
     labels = np.roll(INPUTS["token_ids"], -1, axis=1)
-    history = causal_lm.fit(INPUTS, labels, sample_weight=INPUTS["padding_mask"], batch_size=2, verbose=0)
+    history = causal_lm.fit(
+        INPUTS, labels, sample_weight=INPUTS["padding_mask"], batch_size=2, verbose=0
+    )
     assert np.isfinite(history.history["loss"][0])
     assert not np.allclose(keras.ops.convert_to_numpy(block.attention.query.kernel), before)
 
@@ -33,10 +35,14 @@ def test_bfloat16_backbone_holds_bfloat16_weights_and_skips_random_init_when_loa
     backbone = GemmaBackbone(**tiny_config("gemma3"), dtype="bfloat16", initial_weights="zeros")
     assert {v.dtype for v in backbone.weights} == {"bfloat16"}
     # Weights a loader overwrites anyway are not drawn at random: all start at zero.
-    nonzero = [v.path for v in backbone.weights if np.any(keras.ops.convert_to_numpy(v).astype("float32"))]
+    nonzero = [
+        v.path for v in backbone.weights if np.any(keras.ops.convert_to_numpy(v).astype("float32"))
+    ]
     assert nonzero == []
     fresh = GemmaBackbone(**tiny_config("gemma3"), dtype="bfloat16")
-    random = {v.path for v in fresh.weights if np.any(keras.ops.convert_to_numpy(v).astype("float32"))}
+    random = {
+        v.path for v in fresh.weights if np.any(keras.ops.convert_to_numpy(v).astype("float32"))
+    }
     kernels = {v.path for v in fresh.weights if v.path.endswith(("/kernel", "/embeddings"))}
     assert kernels and kernels <= random
 

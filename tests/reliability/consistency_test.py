@@ -13,12 +13,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import logits_of
+from conftest import random_backbone
 
 from keras_gemma import samplers
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
-
-from conftest import logits_of
-from conftest import random_backbone
 
 BACKENDS = ("jax", "torch", "tensorflow")
 WORKER = os.path.join(os.path.dirname(__file__), "backend_worker.py")
@@ -41,7 +40,11 @@ def other_backends(saved_preset, tmp_path_factory):
     others = [b for b in BACKENDS if b != keras.config.backend() and _installed(b)]
     if len(others) < 2:
         pytest.fail(f"Cross-backend tests need the other two backends installed; found {others}.")
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
     processes = {
         backend: subprocess.Popen(
             [sys.executable, WORKER, saved_preset, out],
@@ -67,19 +70,27 @@ def test_same_weights_same_logits_on_every_backend(other_backends, tiny_lm):
     for backend, result in other_backends.items():
         assert result["backend"] == backend
         np.testing.assert_allclose(
-            np.asarray(result["loaded_logits"]), here, atol=ATOL, rtol=RTOL,
+            np.asarray(result["loaded_logits"]),
+            here,
+            atol=ATOL,
+            rtol=RTOL,
             err_msg=f"{backend} vs {keras.config.backend()}",
         )
 
 
 def test_preset_saved_under_another_backend_loads_here(other_backends):
-    expected_weights = [keras.ops.convert_to_numpy(v) for v in random_backbone(seed=SAVED_SEED).weights]
+    expected_weights = [
+        keras.ops.convert_to_numpy(v) for v in random_backbone(seed=SAVED_SEED).weights
+    ]
     for backend, result in other_backends.items():
         loaded = GemmaCausalLM.from_preset(result["preset"])
         for variable, expected in zip(loaded.backbone.weights, expected_weights):
             np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), expected)
         np.testing.assert_allclose(
-            logits_of(loaded), np.asarray(result["saved_logits"]), atol=ATOL, rtol=RTOL,
+            logits_of(loaded),
+            np.asarray(result["saved_logits"]),
+            atol=ATOL,
+            rtol=RTOL,
             err_msg=f"preset saved with {backend}, loaded with {keras.config.backend()}",
         )
 

@@ -17,7 +17,9 @@ from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.testing.configs import tiny_config
 
-FUZZ = hypothesis.settings(max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+FUZZ = hypothesis.settings(
+    max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck)
+)
 SPECIAL_LITERALS = ("<pad>", "<eos>", "<bos>", "<unk>")
 
 
@@ -51,7 +53,11 @@ def test_detokenize_any_ids(tokenizer, ids):
 
 
 @FUZZ
-@hypothesis.given(st.lists(st.integers(), min_size=1, max_size=5).filter(lambda ids: any(not 0 <= i < 400 for i in ids)))
+@hypothesis.given(
+    st.lists(st.integers(), min_size=1, max_size=5).filter(
+        lambda ids: any(not 0 <= i < 400 for i in ids)
+    )
+)
 def test_detokenize_rejects_ids_outside_the_vocabulary(tokenizer, ids):
     # Documented here: SentencePiece's own errors pass through (IndexError
     # "piece id is out of range"; TypeError for ids beyond int32). Never text.
@@ -68,9 +74,15 @@ def test_detokenize_rejects_ids_outside_the_vocabulary(tokenizer, ids):
     add_end_token=st.booleans(),
     truncate=st.sampled_from(["error", "right", "left"]),
 )
-def test_preprocessor_packing(tokenizer, texts, sequence_length, add_start_token, add_end_token, truncate):
+def test_preprocessor_packing(
+    tokenizer, texts, sequence_length, add_start_token, add_end_token, truncate
+):
     preprocessor = GemmaCausalLMPreprocessor(
-        tokenizer, sequence_length, add_start_token=add_start_token, add_end_token=add_end_token, truncate=truncate
+        tokenizer,
+        sequence_length,
+        add_start_token=add_start_token,
+        add_end_token=add_end_token,
+        truncate=truncate,
     )
     start = [tokenizer.bos_token_id] if add_start_token else []
     end = [tokenizer.eos_token_id] if add_end_token else []
@@ -86,18 +98,28 @@ def test_preprocessor_packing(tokenizer, texts, sequence_length, add_start_token
     x, labels, weights = preprocessor(texts)
     token_ids, mask = x["token_ids"], x["padding_mask"]
     batch = len(texts)
-    assert token_ids.shape == mask.shape == labels.shape == weights.shape == (batch, sequence_length)
-    assert token_ids.dtype == labels.dtype == np.int32 and mask.dtype == bool and weights.dtype == np.float32
+    assert (
+        token_ids.shape == mask.shape == labels.shape == weights.shape == (batch, sequence_length)
+    )
+    assert (
+        token_ids.dtype == labels.dtype == np.int32
+        and mask.dtype == bool
+        and weights.dtype == np.float32
+    )
     for row, ids in enumerate(contents):
         if len(ids) > room:
-            ids = ids[:room] if truncate == "right" else ids[len(ids) - room:]
+            ids = ids[:room] if truncate == "right" else ids[len(ids) - room :]
         full = start + ids + end
         packed = np.full(sequence_length + 1, tokenizer.pad_token_id)
         packed[: len(full)] = full
         np.testing.assert_array_equal(token_ids[row], packed[:-1])
-        np.testing.assert_array_equal(labels[row], packed[1:])  # Labels are the inputs shifted by one.
+        np.testing.assert_array_equal(
+            labels[row], packed[1:]
+        )  # Labels are the inputs shifted by one.
         np.testing.assert_array_equal(mask[row], np.arange(sequence_length) < len(full))
-        np.testing.assert_array_equal(weights[row], (np.arange(1, sequence_length + 1) < len(full)).astype("float32"))
+        np.testing.assert_array_equal(
+            weights[row], (np.arange(1, sequence_length + 1) < len(full)).astype("float32")
+        )
 
 
 # === Config validation ===
@@ -116,7 +138,12 @@ FIELDS = sorted(tiny_config("gemma3"))
 @FUZZ
 @hypothesis.given(st.dictionaries(st.sampled_from(FIELDS), ODD_VALUES, min_size=1, max_size=3))
 def test_config_validation_raises_only_value_error(overrides):
-    config = tiny_config("gemma3", vocabulary_size=64, num_layers=2, layer_types=["sliding_attention", "full_attention"])
+    config = tiny_config(
+        "gemma3",
+        vocabulary_size=64,
+        num_layers=2,
+        layer_types=["sliding_attention", "full_attention"],
+    )
     config.update(overrides)
     try:
         backbone = GemmaBackbone(**config)
@@ -137,7 +164,9 @@ def test_non_list_layer_types_is_a_value_error():
         GemmaBackbone(**tiny_config("gemma", layer_types=5))
 
 
-@pytest.mark.parametrize("field", ["layer_norm_epsilon", "query_pre_attn_scalar", "rope_wavelength"])
+@pytest.mark.parametrize(
+    "field", ["layer_norm_epsilon", "query_pre_attn_scalar", "rope_wavelength"]
+)
 def test_non_finite_float_fields_are_rejected(field):
     with pytest.raises(ValueError, match=field):
         GemmaBackbone(**tiny_config("gemma", **{field: math.nan}))

@@ -18,53 +18,133 @@ IDS = {"token_ids": np.array([[2, 40, 41]], "int32"), "padding_mask": np.ones((1
 # (case id, keyword arguments or callable, exception type, message fragment)
 GENERATE_CASES = [
     # Prompts that are not prompts.
-    ("empty_list", dict(inputs=[]), TypeError, "`inputs` must be a string, a list of strings, or a dict"),
+    (
+        "empty_list",
+        dict(inputs=[]),
+        TypeError,
+        "`inputs` must be a string, a list of strings, or a dict",
+    ),
     ("none", dict(inputs=None), TypeError, "Received: NoneType None"),
     ("list_of_ints", dict(inputs=[1, 2, 3]), TypeError, "Received: list [1, 2, 3]"),
     ("mixed_list", dict(inputs=["a", 3]), TypeError, "Received: list ['a', 3]"),
     ("bytes", dict(inputs=b"hello"), TypeError, "Received: bytes b'hello'"),
     ("int_array", dict(inputs=np.array([1, 2])), TypeError, "Received: ndarray"),
-    ("dict_without_token_ids", dict(inputs={"ids": [[2]]}), ValueError, "A dict prompt needs 'token_ids'"),
-    ("dict_with_zero_tokens", dict(inputs={"token_ids": np.zeros((1, 0), "int32")}), ValueError,
-     "Prompt 0 has no tokens"),
-    ("dict_all_padding", dict(inputs={"token_ids": np.array([[2, 5]]), "padding_mask": np.zeros((1, 2))}),
-     ValueError, "Prompt 0 has no tokens"),
-    ("negative_token_id", dict(inputs={"token_ids": np.array([[2, -5]])}), ValueError,
-     "has token ids outside [0, 400): [-5]"),
+    (
+        "dict_without_token_ids",
+        dict(inputs={"ids": [[2]]}),
+        ValueError,
+        "A dict prompt needs 'token_ids'",
+    ),
+    (
+        "dict_with_zero_tokens",
+        dict(inputs={"token_ids": np.zeros((1, 0), "int32")}),
+        ValueError,
+        "Prompt 0 has no tokens",
+    ),
+    (
+        "dict_all_padding",
+        dict(inputs={"token_ids": np.array([[2, 5]]), "padding_mask": np.zeros((1, 2))}),
+        ValueError,
+        "Prompt 0 has no tokens",
+    ),
+    (
+        "negative_token_id",
+        dict(inputs={"token_ids": np.array([[2, -5]])}),
+        ValueError,
+        "has token ids outside [0, 400): [-5]",
+    ),
     # Lengths.
-    ("max_new_tokens_float", dict(max_new_tokens=1.5), ValueError,
-     "`max_new_tokens` must be an integer >= 0. Received: max_new_tokens=1.5"),
+    (
+        "max_new_tokens_float",
+        dict(max_new_tokens=1.5),
+        ValueError,
+        "`max_new_tokens` must be an integer >= 0. Received: max_new_tokens=1.5",
+    ),
     ("max_new_tokens_bool", dict(max_new_tokens=True), ValueError, "Received: max_new_tokens=True"),
     ("max_new_tokens_string", dict(max_new_tokens="3"), ValueError, "Received: max_new_tokens='3'"),
     ("max_new_tokens_minus_100", dict(max_new_tokens=-100), ValueError, "must be an integer >= 0"),
-    ("max_new_tokens_past_any_gemma_context", dict(max_new_tokens=131_070), ValueError,
-     "plus 131070 new tokens exceeds 131072 tokens"),
-    ("max_length_negative", dict(max_length=-1), ValueError, "`max_length` must be an integer >= 0"),
-    ("max_length_below_prompt", dict(max_length=2), ValueError,
-     "`max_length=2` is shorter than the longest prompt (3 tokens)"),
+    (
+        "max_new_tokens_past_any_gemma_context",
+        dict(max_new_tokens=131_070),
+        ValueError,
+        "plus 131070 new tokens exceeds 131072 tokens",
+    ),
+    (
+        "max_length_negative",
+        dict(max_length=-1),
+        ValueError,
+        "`max_length` must be an integer >= 0",
+    ),
+    (
+        "max_length_below_prompt",
+        dict(max_length=2),
+        ValueError,
+        "`max_length=2` is shorter than the longest prompt (3 tokens)",
+    ),
     # Samplers by name.
-    ("sampler_empty_name", dict(sampler=""), ValueError, "Unknown sampler ''. Valid names: ['beam', 'greedy'"),
+    (
+        "sampler_empty_name",
+        dict(sampler=""),
+        ValueError,
+        "Unknown sampler ''. Valid names: ['beam', 'greedy'",
+    ),
     ("sampler_wrong_case", dict(sampler="GREEDY"), ValueError, "Unknown sampler 'GREEDY'"),
-    ("sampler_int", dict(sampler=123), ValueError, "`sampler` must be a sampler instance or one of"),
-    ("sampler_class_not_instance", dict(sampler=samplers.TopKSampler), ValueError,
-     "`sampler` must be a sampler instance"),
-    ("sampler_config_foreign_class", dict(sampler={"class_name": "os.system", "config": {}}), ValueError,
-     "`sampler` must be a sampler instance"),
-    ("sampler_config_bad_k", dict(sampler={"class_name": "top_k", "config": {"k": 0}}), ValueError,
-     "`k` must be an integer >= 1. Received: k=0"),
+    (
+        "sampler_int",
+        dict(sampler=123),
+        ValueError,
+        "`sampler` must be a sampler instance or one of",
+    ),
+    (
+        "sampler_class_not_instance",
+        dict(sampler=samplers.TopKSampler),
+        ValueError,
+        "`sampler` must be a sampler instance",
+    ),
+    (
+        "sampler_config_foreign_class",
+        dict(sampler={"class_name": "os.system", "config": {}}),
+        ValueError,
+        "`sampler` must be a sampler instance",
+    ),
+    (
+        "sampler_config_bad_k",
+        dict(sampler={"class_name": "top_k", "config": {"k": 0}}),
+        ValueError,
+        "`k` must be an integer >= 1. Received: k=0",
+    ),
     # Other arguments.
-    ("stop_token_ids_unknown_string", dict(stop_token_ids="none"), ValueError,
-     "`stop_token_ids` must be 'auto', None or a list of ids. Received: 'none'"),
-    ("stop_token_id_negative", dict(stop_token_ids=[-1]), ValueError,
-     "Stop token id -1 is outside the vocabulary [0, 400)"),
-    ("stream_with_beam", dict(stream=True, sampler="beam"), ValueError, "Beam search cannot stream"),
-    ("stream_with_a_batch", dict(inputs=["a", "b"], stream=True), ValueError,
-     "`stream=True` takes one prompt; received 2"),
+    (
+        "stop_token_ids_unknown_string",
+        dict(stop_token_ids="none"),
+        ValueError,
+        "`stop_token_ids` must be 'auto', None or a list of ids. Received: 'none'",
+    ),
+    (
+        "stop_token_id_negative",
+        dict(stop_token_ids=[-1]),
+        ValueError,
+        "Stop token id -1 is outside the vocabulary [0, 400)",
+    ),
+    (
+        "stream_with_beam",
+        dict(stream=True, sampler="beam"),
+        ValueError,
+        "Beam search cannot stream",
+    ),
+    (
+        "stream_with_a_batch",
+        dict(inputs=["a", "b"], stream=True),
+        ValueError,
+        "`stream=True` takes one prompt; received 2",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    "kwargs,error,fragment", [case[1:] for case in GENERATE_CASES], ids=[case[0] for case in GENERATE_CASES]
+    "kwargs,error,fragment",
+    [case[1:] for case in GENERATE_CASES],
+    ids=[case[0] for case in GENERATE_CASES],
 )
 def test_generate_rejects(kwargs, error, fragment, tiny_lm):
     kwargs = dict(kwargs)
@@ -84,23 +164,52 @@ SAMPLER_CASES = [
     ("top_p_negative", lambda: samplers.TopPSampler(p=-0.1), "Received: p=-0.1"),
     ("top_p_nan", lambda: samplers.TopPSampler(p=float("nan")), "Received: p=nan"),
     ("top_p_string", lambda: samplers.TopPSampler(p="0.9"), "Received: p='0.9'"),
-    ("top_p_k_zero", lambda: samplers.TopPSampler(p=0.9, k=0), "`k` must be None or an integer >= 1"),
+    (
+        "top_p_k_zero",
+        lambda: samplers.TopPSampler(p=0.9, k=0),
+        "`k` must be None or an integer >= 1",
+    ),
     ("top_k_zero", lambda: samplers.TopKSampler(k=0), "`k` must be an integer >= 1. Received: k=0"),
     ("top_k_negative", lambda: samplers.TopKSampler(k=-3), "Received: k=-3"),
     ("top_k_float", lambda: samplers.TopKSampler(k=2.5), "Received: k=2.5"),
     ("top_k_bool", lambda: samplers.TopKSampler(k=True), "Received: k=True"),
     ("min_p_zero", lambda: samplers.MinPSampler(p=0), "`p` must be in (0, 1]"),
-    ("temperature_zero", lambda: samplers.RandomSampler(temperature=0), "`temperature` must be a number > 0"),
-    ("temperature_negative", lambda: samplers.TopKSampler(k=5, temperature=-1.0), "Received: temperature=-1.0"),
-    ("temperature_nan", lambda: samplers.TopPSampler(temperature=float("nan")), "Received: temperature=nan"),
-    ("temperature_none", lambda: samplers.RandomSampler(temperature=None), "Received: temperature=None"),
-    ("repetition_penalty_zero", lambda: samplers.GreedySampler(repetition_penalty=0),
-     "`repetition_penalty` must be a number > 0"),
-    ("num_beams_zero", lambda: samplers.BeamSampler(num_beams=0), "`num_beams` must be an integer >= 1"),
+    (
+        "temperature_zero",
+        lambda: samplers.RandomSampler(temperature=0),
+        "`temperature` must be a number > 0",
+    ),
+    (
+        "temperature_negative",
+        lambda: samplers.TopKSampler(k=5, temperature=-1.0),
+        "Received: temperature=-1.0",
+    ),
+    (
+        "temperature_nan",
+        lambda: samplers.TopPSampler(temperature=float("nan")),
+        "Received: temperature=nan",
+    ),
+    (
+        "temperature_none",
+        lambda: samplers.RandomSampler(temperature=None),
+        "Received: temperature=None",
+    ),
+    (
+        "repetition_penalty_zero",
+        lambda: samplers.GreedySampler(repetition_penalty=0),
+        "`repetition_penalty` must be a number > 0",
+    ),
+    (
+        "num_beams_zero",
+        lambda: samplers.BeamSampler(num_beams=0),
+        "`num_beams` must be an integer >= 1",
+    ),
 ]
 
 
-@pytest.mark.parametrize("make,fragment", [c[1:] for c in SAMPLER_CASES], ids=[c[0] for c in SAMPLER_CASES])
+@pytest.mark.parametrize(
+    "make,fragment", [c[1:] for c in SAMPLER_CASES], ids=[c[0] for c in SAMPLER_CASES]
+)
 def test_invalid_sampler_parameters(make, fragment):
     with pytest.raises(ValueError) as info:
         make()
@@ -146,17 +255,33 @@ def test_infinite_temperature_samples_uniformly_without_error():
 # === Chat sessions ===
 
 CHAT_CASES = [
-    ("message_none", dict(message=None), TypeError, "`message` must be a string. Received: NoneType"),
+    (
+        "message_none",
+        dict(message=None),
+        TypeError,
+        "`message` must be a string. Received: NoneType",
+    ),
     ("message_list", dict(message=["hi"]), TypeError, "Received: list"),
-    ("max_new_tokens_negative", dict(max_new_tokens=-1), ValueError,
-     "`max_new_tokens` must be an integer >= 1. Received: max_new_tokens=-1"),
+    (
+        "max_new_tokens_negative",
+        dict(max_new_tokens=-1),
+        ValueError,
+        "`max_new_tokens` must be an integer >= 1. Received: max_new_tokens=-1",
+    ),
     ("max_new_tokens_zero", dict(max_new_tokens=0), ValueError, "Received: max_new_tokens=0"),
     ("max_new_tokens_float", dict(max_new_tokens=2.0), ValueError, "Received: max_new_tokens=2.0"),
-    ("past_max_length", dict(max_new_tokens=10_000), ValueError, "beyond this session's max_length=64"),
+    (
+        "past_max_length",
+        dict(max_new_tokens=10_000),
+        ValueError,
+        "beyond this session's max_length=64",
+    ),
 ]
 
 
-@pytest.mark.parametrize("kwargs,error,fragment", [c[1:] for c in CHAT_CASES], ids=[c[0] for c in CHAT_CASES])
+@pytest.mark.parametrize(
+    "kwargs,error,fragment", [c[1:] for c in CHAT_CASES], ids=[c[0] for c in CHAT_CASES]
+)
 def test_chat_session_rejects(kwargs, error, fragment, tiny_lm):
     session = tiny_lm.chat_session(max_length=64)
     kwargs = dict(kwargs)

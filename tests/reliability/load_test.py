@@ -51,8 +51,10 @@ def test_two_hundred_generate_calls(tiny_lm, record_property):
     growth = rss_mb() - before
     record_property("rss_growth_mb", round(growth, 1))
     print(
-        f"\n[load] backend={keras.config.backend()} calls={CALLS} prompt_lengths={min(lengths)}..{max(lengths)} "
-        f"rss_before={before:.1f}MB growth={growth:.1f}MB compiles_after_warmup={lm.generator.compile_count - compiles}"
+        f"\n[load] backend={keras.config.backend()} calls={CALLS} "
+        f"prompt_lengths={min(lengths)}..{max(lengths)} "
+        f"rss_before={before:.1f}MB growth={growth:.1f}MB "
+        f"compiles_after_warmup={lm.generator.compile_count - compiles}"
     )
     assert min(lengths) <= 16 < max(lengths) <= 32  # Two prompt buckets were exercised.
     assert lm.generator.compile_count == compiles  # Constant (0 on PyTorch, which runs eagerly).

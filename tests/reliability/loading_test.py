@@ -17,6 +17,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import logits_of
 
 import keras_gemma
 from keras_gemma.formats import loader
@@ -24,9 +25,6 @@ from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
-
-from conftest import VOCABULARY_SIZE
-from conftest import logits_of
 
 ALL_CLASSES = [GemmaCausalLM, GemmaBackbone, GemmaTokenizer, GemmaCausalLMPreprocessor]
 
@@ -185,13 +183,16 @@ H5_DAMAGE = {
 def test_damaged_h5_weights(damage, preset_copy):
     weights = os.path.join(preset_copy, "model.weights.h5")
     H5_DAMAGE[damage](weights)
-    with pytest.raises(ValueError, match="The file is damaged or does not match `config.json`") as info:
+    with pytest.raises(
+        ValueError, match="The file is damaged or does not match `config.json`"
+    ) as info:
         GemmaCausalLM.from_preset(preset_copy)
     assert weights in str(info.value)
 
 
 @pytest.mark.parametrize(
-    "field,value", [("hidden_dim", 16), ("num_layers", 2), ("intermediate_dim", 64), ("vocabulary_size", 300)]
+    "field,value",
+    [("hidden_dim", 16), ("num_layers", 2), ("intermediate_dim", 64), ("vocabulary_size", 300)],
 )
 def test_weights_that_do_not_match_the_config(field, value, preset_copy):
     config = read_config(preset_copy)
@@ -208,7 +209,9 @@ def test_invalid_config_values_in_a_preset(preset_copy):
     config = read_config(preset_copy)
     config["config"]["num_key_value_heads"] = 3
     write_config(preset_copy, config)
-    with pytest.raises(ValueError, match="`num_query_heads` must be a multiple of `num_key_value_heads`"):
+    with pytest.raises(
+        ValueError, match="`num_query_heads` must be a multiple of `num_key_value_heads`"
+    ):
         GemmaBackbone.from_preset(preset_copy)
 
 
@@ -216,7 +219,11 @@ def test_invalid_config_values_in_a_preset(preset_copy):
 
 HOSTILE_CLASSES = {
     "os_system": {"module": "os", "class_name": "system", "registered_name": "os>system"},
-    "builtins_eval": {"module": "builtins", "class_name": "eval", "registered_name": "builtins>eval"},
+    "builtins_eval": {
+        "module": "builtins",
+        "class_name": "eval",
+        "registered_name": "builtins>eval",
+    },
     "our_name_foreign_class": {
         "module": "keras_gemma.models.gemma_backbone",
         "class_name": "system",
@@ -271,12 +278,30 @@ def test_foreign_module_is_never_imported(preset_copy, canary_module):
 @pytest.mark.parametrize(
     "dtype",
     [
-        {"module": "reliability_canary", "class_name": "system", "config": {"name": "float32"},
-         "registered_name": "reliability_canary>system"},
+        {
+            "module": "reliability_canary",
+            "class_name": "system",
+            "config": {"name": "float32"},
+            "registered_name": "reliability_canary>system",
+        },
         {"module": "keras.layers", "class_name": "Lambda", "config": {"function": "system"}},
-        {"class_name": "__lambda__", "config": {"code": "ZmFrZQ==", "defaults": None, "closure": None}},
-        {"class_name": "DTypePolicyMap", "config": {"default_policy": "float32", "policy_map": {
-            "token_embedding": {"module": "reliability_canary", "class_name": "system", "config": {}}}}},
+        {
+            "class_name": "__lambda__",
+            "config": {"code": "ZmFrZQ==", "defaults": None, "closure": None},
+        },
+        {
+            "class_name": "DTypePolicyMap",
+            "config": {
+                "default_policy": "float32",
+                "policy_map": {
+                    "token_embedding": {
+                        "module": "reliability_canary",
+                        "class_name": "system",
+                        "config": {},
+                    }
+                },
+            },
+        },
     ],
     ids=["foreign_module", "keras_lambda_layer", "raw_lambda", "policy_map_with_foreign_entry"],
 )
@@ -298,10 +323,19 @@ def test_keras_hub_lookalike_with_hostile_dtype_reads_config_as_data(preset_copy
         "class_name": "Gemma3Backbone",
         "registered_name": "keras_hub>Gemma3Backbone",
         "config": {
-            "vocabulary_size": ours["vocabulary_size"], "num_layers": 4, "num_query_heads": 4,
-            "num_key_value_heads": 1, "hidden_dim": 32, "intermediate_dim": 48, "head_dim": 8,
-            "dtype": {"module": "reliability_canary", "class_name": "system",
-                      "config": {"command": "touch"}, "registered_name": "reliability_canary>system"},
+            "vocabulary_size": ours["vocabulary_size"],
+            "num_layers": 4,
+            "num_query_heads": 4,
+            "num_key_value_heads": 1,
+            "hidden_dim": 32,
+            "intermediate_dim": 48,
+            "head_dim": 8,
+            "dtype": {
+                "module": "reliability_canary",
+                "class_name": "system",
+                "config": {"command": "touch"},
+                "registered_name": "reliability_canary>system",
+            },
         },
     }
     write_config(preset_copy, hub)
@@ -317,7 +351,9 @@ def test_keras_file_with_a_lambda_is_refused_in_safe_mode(tmp_path):
     """Keras' own safe mode, which our loaders rely on never to be switched off."""
     marker = str(tmp_path / "LAMBDA_RAN")
     inputs = keras.Input((2,))
-    outputs = keras.layers.Lambda(lambda x, p=marker: (__import__("pathlib").Path(p).touch(), x)[1])(inputs)
+    outputs = keras.layers.Lambda(
+        lambda x, p=marker: (__import__("pathlib").Path(p).touch(), x)[1]
+    )(inputs)
     path = str(tmp_path / "hostile.keras")
     keras.Model(inputs, outputs).save(path)
     os.remove(marker)  # Building the model called the lambda once: it is live.
@@ -337,7 +373,9 @@ def test_pickle_in_h5_weights_is_not_unpickled(preset_copy, tmp_path):
     weights = os.path.join(preset_copy, "model.weights.h5")
     with h5py.File(weights, "r+") as f:
         datasets = []
-        f.visititems(lambda name, item: datasets.append(name) if isinstance(item, h5py.Dataset) else None)
+        f.visititems(
+            lambda name, item: datasets.append(name) if isinstance(item, h5py.Dataset) else None
+        )
         target = datasets[0]
         del f[target]
         f[target] = np.void(payload)  # Opaque bytes: the pickle itself.
@@ -355,7 +393,9 @@ def test_pickle_weights_next_to_a_transformers_config_are_ignored(hf_copy, tmp_p
     os.remove(os.path.join(hf_copy, "model.safetensors"))
     with open(os.path.join(hf_copy, "pytorch_model.bin"), "wb") as f:
         f.write(payload)
-    with pytest.raises(FileNotFoundError, match="No weights in .* expected `model.safetensors`") as info:
+    with pytest.raises(
+        FileNotFoundError, match="No weights in .* expected `model.safetensors`"
+    ) as info:
         GemmaCausalLM.from_preset(hf_copy)
     assert hf_copy in str(info.value)
     assert not os.path.exists(marker)
@@ -367,8 +407,12 @@ def test_pickle_inside_safetensors_is_just_bytes(hf_copy, tmp_path):
     marker = str(tmp_path / "UNPICKLED")
     payload = live_pickle(marker)
     tensors = {"model.embed_tokens.weight": np.frombuffer(payload, np.uint8).copy()}
-    save_file(tensors, os.path.join(hf_copy, "model.safetensors"), metadata={"pickle": payload.hex()})
-    with pytest.raises(ValueError, match=r"Tensor `embed_tokens.weight` .* has shape \(\d+,\)") as info:
+    save_file(
+        tensors, os.path.join(hf_copy, "model.safetensors"), metadata={"pickle": payload.hex()}
+    )
+    with pytest.raises(
+        ValueError, match=r"Tensor `embed_tokens.weight` .* has shape \(\d+,\)"
+    ) as info:
         GemmaBackbone.from_preset(hf_copy)
     assert hf_copy in str(info.value)
     assert not os.path.exists(marker)
@@ -379,7 +423,9 @@ def test_pickle_inside_safetensors_is_just_bytes(hf_copy, tmp_path):
 
 def test_hf_checkpoint_loads(hf_checkpoint, tiny_lm):
     """The fixture itself is good: the damage below is what breaks it."""
-    np.testing.assert_allclose(logits_of(GemmaCausalLM.from_preset(hf_checkpoint)), logits_of(tiny_lm), atol=1e-5)
+    np.testing.assert_allclose(
+        logits_of(GemmaCausalLM.from_preset(hf_checkpoint)), logits_of(tiny_lm), atol=1e-5
+    )
 
 
 SAFETENSORS_DAMAGE = {
@@ -406,9 +452,13 @@ def test_safetensors_with_a_tensor_of_the_wrong_shape(hf_copy):
 
     path = os.path.join(hf_copy, "model.safetensors")
     tensors = load_file(path)
-    tensors["model.layers.1.mlp.down_proj.weight"] = tensors["model.layers.1.mlp.down_proj.weight"][:, :40]
+    tensors["model.layers.1.mlp.down_proj.weight"] = tensors["model.layers.1.mlp.down_proj.weight"][
+        :, :40
+    ]
     save_file(tensors, path)
-    with pytest.raises(ValueError, match=r"Tensor `layers.1.mlp.down_proj.weight` .* has shape \(32, 40\)") as info:
+    with pytest.raises(
+        ValueError, match=r"Tensor `layers.1.mlp.down_proj.weight` .* has shape \(32, 40\)"
+    ) as info:
         GemmaBackbone.from_preset(hf_copy)
     assert hf_copy in str(info.value)
 
@@ -441,9 +491,15 @@ def write_tiny_gguf(path, shapes_override=None):
     hidden, heads, head_dim, ffn = 8, 2, 4, 16
     tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁a"]
     writer = gguf.GGUFWriter(path, "gemma")
-    for key, value in (("context_length", 128), ("embedding_length", hidden), ("block_count", 1),
-                       ("feed_forward_length", ffn), ("attention.head_count", heads),
-                       ("attention.head_count_kv", 1), ("attention.key_length", head_dim)):
+    for key, value in (
+        ("context_length", 128),
+        ("embedding_length", hidden),
+        ("block_count", 1),
+        ("feed_forward_length", ffn),
+        ("attention.head_count", heads),
+        ("attention.head_count_kv", 1),
+        ("attention.key_length", head_dim),
+    ):
         writer.add_uint32(f"gemma.{key}", value)
     writer.add_float32("gemma.attention.layer_norm_rms_epsilon", 1e-6)
     writer.add_string("tokenizer.ggml.model", "llama")
@@ -454,11 +510,16 @@ def write_tiny_gguf(path, shapes_override=None):
         writer.add_uint32(f"tokenizer.ggml.{key}_token_id", value)
     rng = np.random.default_rng(0)
     shapes = {
-        "token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,),
-        "blk.0.attn_q.weight": (heads * head_dim, hidden), "blk.0.attn_k.weight": (head_dim, hidden),
-        "blk.0.attn_v.weight": (head_dim, hidden), "blk.0.attn_output.weight": (hidden, heads * head_dim),
-        "blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,),
-        "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
+        "token_embd.weight": (len(tokens), hidden),
+        "output_norm.weight": (hidden,),
+        "blk.0.attn_q.weight": (heads * head_dim, hidden),
+        "blk.0.attn_k.weight": (head_dim, hidden),
+        "blk.0.attn_v.weight": (head_dim, hidden),
+        "blk.0.attn_output.weight": (hidden, heads * head_dim),
+        "blk.0.attn_norm.weight": (hidden,),
+        "blk.0.ffn_norm.weight": (hidden,),
+        "blk.0.ffn_gate.weight": (ffn, hidden),
+        "blk.0.ffn_up.weight": (ffn, hidden),
         "blk.0.ffn_down.weight": (hidden, ffn),
     }
     shapes.update(shapes_override or {})
@@ -493,11 +554,19 @@ def test_tiny_gguf_loads(tmp_path, gguf_cache):
 
 GGUF_DAMAGE = {
     "truncated_tensor_data": (lambda path: truncate(path, 0.9), "is truncated: tensor"),
-    "truncated_header": (lambda path: truncate(path, 200 / os.path.getsize(path)), "is truncated: needs"),
+    "truncated_header": (
+        lambda path: truncate(path, 200 / os.path.getsize(path)),
+        "is truncated: needs",
+    ),
     "wrong_magic": (lambda path: overwrite(path, 0, b"GGML"), "is not a GGUF file"),
-    "version_99": (lambda path: overwrite(path, 4, (99).to_bytes(4, "little")), "version 99 is not supported"),
-    "garbled_value_type": (lambda path: overwrite(path, 24 + 8 + len("general.architecture"), b"\xee\x00\x00\x00"),
-                           "is corrupt: its header could not be parsed"),
+    "version_99": (
+        lambda path: overwrite(path, 4, (99).to_bytes(4, "little")),
+        "version 99 is not supported",
+    ),
+    "garbled_value_type": (
+        lambda path: overwrite(path, 24 + 8 + len("general.architecture"), b"\xee\x00\x00\x00"),
+        "is corrupt: its header could not be parsed",
+    ),
 }
 
 
@@ -515,9 +584,18 @@ def test_damaged_gguf(damage, tmp_path, gguf_cache):
 @pytest.mark.parametrize(
     "shapes,message",
     [
-        ({"token_embd.weight": (100, 8)}, "has 261 vocabulary tokens but its token embedding has only 100 rows"),
-        ({"blk.0.attn_q.weight": (12, 8)}, r"Tensor `layers.0.self_attn.q_proj.weight` .* has shape"),
-        ({"blk.0.ffn_down.weight": (8, 20)}, r"Tensor `layers.0.mlp.down_proj.weight` .* has shape"),
+        (
+            {"token_embd.weight": (100, 8)},
+            "has 261 vocabulary tokens but its token embedding has only 100 rows",
+        ),
+        (
+            {"blk.0.attn_q.weight": (12, 8)},
+            r"Tensor `layers.0.self_attn.q_proj.weight` .* has shape",
+        ),
+        (
+            {"blk.0.ffn_down.weight": (8, 20)},
+            r"Tensor `layers.0.mlp.down_proj.weight` .* has shape",
+        ),
     ],
     ids=["embedding_rows", "query_heads", "ffn_width"],
 )

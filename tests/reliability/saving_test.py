@@ -13,14 +13,13 @@ import os
 import h5py
 import numpy as np
 import pytest
+from conftest import logits_of
+from conftest import random_backbone
+from conftest import snapshot
 
 from keras_gemma.models import lora
 from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
-
-from conftest import logits_of
-from conftest import random_backbone
-from conftest import snapshot
 
 FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
 
@@ -65,13 +64,21 @@ def test_full_disk_midway_through_the_weights(preset_copy, other_lm, tiny_lm, mo
     assert_previous_preset_intact(preset_copy, before, tiny_lm)
 
 
-@pytest.mark.parametrize("failing_file", ["vocabulary.spm", "preprocessor.json", "task.json", "metadata.json"])
-def test_full_disk_while_writing_another_file(failing_file, preset_copy, other_lm, tiny_lm, monkeypatch):
+@pytest.mark.parametrize(
+    "failing_file", ["vocabulary.spm", "preprocessor.json", "task.json", "metadata.json"]
+)
+def test_full_disk_while_writing_another_file(
+    failing_file, preset_copy, other_lm, tiny_lm, monkeypatch
+):
     before = snapshot(preset_copy)
     real_open = builtins.open
 
     def open_(file, mode="r", *args, **kwargs):
-        if isinstance(file, (str, os.PathLike)) and failing_file in os.path.basename(os.fspath(file)) and "w" in mode:
+        if (
+            isinstance(file, (str, os.PathLike))
+            and failing_file in os.path.basename(os.fspath(file))
+            and "w" in mode
+        ):
             handle = real_open(file, mode, *args, **kwargs)
             handle.write(b"{" if "b" in mode else "{")  # A few bytes, then the disk is full.
             handle.close()
@@ -85,7 +92,9 @@ def test_full_disk_while_writing_another_file(failing_file, preset_copy, other_l
     assert_previous_preset_intact(preset_copy, before, tiny_lm)
 
 
-def test_failure_at_the_final_swap_restores_the_previous_preset(preset_copy, other_lm, tiny_lm, monkeypatch):
+def test_failure_at_the_final_swap_restores_the_previous_preset(
+    preset_copy, other_lm, tiny_lm, monkeypatch
+):
     before = snapshot(preset_copy)
     real_rename = os.rename
 
@@ -127,7 +136,9 @@ def test_full_disk_during_transformers_export(tmp_path, tiny_lm, other_lm, monke
     monkeypatch.undo()
     assert snapshot(directory) == before
     assert os.listdir(tmp_path) == ["hf"]
-    np.testing.assert_allclose(logits_of(GemmaCausalLM.from_preset(directory)), logits_of(tiny_lm), atol=1e-5)
+    np.testing.assert_allclose(
+        logits_of(GemmaCausalLM.from_preset(directory)), logits_of(tiny_lm), atol=1e-5
+    )
 
 
 # === LoRA adapters ===
@@ -163,7 +174,9 @@ def half_written_safetensors(real_save):
 
 
 @pytest.mark.parametrize("suffix", [".lora.h5", ".safetensors"])
-def test_full_disk_midway_through_save_lora_weights(suffix, saved_adapter_lm, tmp_path, monkeypatch):
+def test_full_disk_midway_through_save_lora_weights(
+    suffix, saved_adapter_lm, tmp_path, monkeypatch
+):
     import safetensors.numpy
 
     lm, expected_logits = saved_adapter_lm
@@ -175,9 +188,15 @@ def test_full_disk_midway_through_save_lora_weights(suffix, saved_adapter_lm, tm
     randomize_adapters(lm.backbone, seed=11)  # Newer adapters, whose save fails.
     try:
         if suffix == ".lora.h5":
-            monkeypatch.setattr(h5py.Group, "create_dataset", fail_after(5, h5py.Group.create_dataset))
+            monkeypatch.setattr(
+                h5py.Group, "create_dataset", fail_after(5, h5py.Group.create_dataset)
+            )
         else:
-            monkeypatch.setattr(safetensors.numpy, "save_file", half_written_safetensors(safetensors.numpy.save_file))
+            monkeypatch.setattr(
+                safetensors.numpy,
+                "save_file",
+                half_written_safetensors(safetensors.numpy.save_file),
+            )
         with pytest.raises(OSError, match="No space left on device"):
             lm.backbone.save_lora_weights(path)
         monkeypatch.undo()
