@@ -46,16 +46,17 @@ class GemmaDecoderBlock(keras.layers.Layer):
             feed-forward kernels; "zeros" when a loader overwrites them anyway.
         rematerialize: bool. Gradient checkpointing: in training, the plain
             forward pass (`padding_mask` only: no cache, no explicit mask, not
-            `direct`) runs through `keras.remat`, so the backward pass
-            recomputes the block's activations instead of storing them. The
-            gradients are the same; the cached (decode) path never
-            rematerializes. A public attribute: setting it on a built block
-            (what `GemmaBackbone.enable_gradient_checkpointing` does) takes
-            effect at the next trace (`compile()` again). Use this rather than
-            `keras.RematScope(mode="full")` around construction: that scope
-            passes the call's `training` flag through `keras.remat` too, which
-            JAX traces into an array and TensorFlow's graph mode refuses as a
-            keyword (only PyTorch trains under it).
+            `direct`) runs through `keras.remat` (`jax.checkpoint`,
+            `torch.utils.checkpoint`, `tf.recompute_grad`), so the backward
+            pass recomputes the block's activations instead of storing them.
+            The gradients are the same; the cached (decode) path never
+            rematerializes. Also a public attribute: setting it on a built
+            block (what `GemmaBackbone.enable_gradient_checkpointing` does)
+            applies from the next call or trace, so `compile()` again. Use it
+            rather than `keras.RematScope(mode="full")` around construction:
+            that scope also passes the call's `training` flag through
+            `keras.remat`, which JAX traces into an array and TensorFlow's
+            graph mode refuses as a keyword (only PyTorch trains under it).
 
     Call arguments:
         inputs: `[batch, seq, hidden_dim]`.
