@@ -17,6 +17,8 @@ import pytest
 
 import keras_gemma
 from keras_gemma import cli
+from keras_gemma.commands import finetune
+from keras_gemma.commands.options import build_sampler
 from keras_gemma.testing.configs import tiny_config
 from keras_gemma.testing.vocab import build_tiny_vocabulary
 
@@ -302,13 +304,13 @@ def test_backend_option(capsys):
 def test_read_examples_formats(tmp_path):
     text_file = tmp_path / "data.txt"
     text_file.write_text("first example\n\nsecond example\n", encoding="utf-8")
-    assert cli.read_examples(str(text_file)) == ["first example", "second example"]
+    assert finetune.read_examples(str(text_file)) == ["first example", "second example"]
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text('{"text": "a"}\n{"prompt": "q", "response": "r"}\n', encoding="utf-8")
-    examples = cli.read_examples(str(jsonl))
+    examples = finetune.read_examples(str(jsonl))
     assert examples == ["a", ("q", "r")]
     tokenizer = keras_gemma.GemmaTokenizer(proto=build_tiny_vocabulary(tmp_path))
-    rendered = cli._render_examples(examples, tokenizer)
+    rendered = finetune._render_examples(examples, tokenizer)
     assert rendered[0] == "a"
     assert (
         rendered[1] == "<start_of_turn>user\nq<end_of_turn>\n<start_of_turn>model\nr<end_of_turn>\n"
@@ -319,7 +321,7 @@ def test_sampler_options():
     parser = cli.build_parser()
 
     def sampler(*options):
-        return cli.build_sampler(parser.parse_args(["generate", "x", *options]))
+        return build_sampler(parser.parse_args(["generate", "x", *options]))
 
     assert type(sampler()).__name__ == "GreedySampler"
     assert type(sampler("--temperature", "0.7")).__name__ == "RandomSampler"

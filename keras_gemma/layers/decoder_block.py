@@ -44,6 +44,19 @@ class GemmaDecoderBlock(keras.layers.Layer):
         dropout: float. Applied to each branch's output in training.
         kernel_initializer: initializer name or config of the attention and
             feed-forward kernels; "zeros" when a loader overwrites them anyway.
+        rematerialize: bool. Gradient checkpointing: in training, the plain
+            forward pass (`padding_mask` only: no cache, no explicit mask, not
+            `direct`) runs through `keras.remat` (`jax.checkpoint`,
+            `torch.utils.checkpoint`, `tf.recompute_grad`), so the backward
+            pass recomputes the block's activations instead of storing them.
+            The gradients are the same; the cached (decode) path never
+            rematerializes. Also a public attribute: setting it on a built
+            block (what `GemmaBackbone.enable_gradient_checkpointing` does)
+            applies from the next call or trace, so `compile()` again. Use it
+            rather than `keras.RematScope(mode="full")` around construction:
+            that scope also passes the call's `training` flag through
+            `keras.remat`, which JAX traces into an array and TensorFlow's
+            graph mode refuses as a keyword (only PyTorch trains under it).
 
     Call arguments:
         inputs: `[batch, seq, hidden_dim]`.
@@ -83,6 +96,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         dropout=0.0,
         kernel_initializer="glorot_uniform",
+        rematerialize=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -107,6 +121,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
         self.kernel_initializer = kernel_initializer
+        self.rematerialize = rematerialize
 
         policy = self.dtype_policy
         self.pre_attention_norm = RMSNormalization(
@@ -159,6 +174,41 @@ class GemmaDecoderBlock(keras.layers.Layer):
         self,
         inputs,
         padding_mask=None,
+        positions=None,
+        attention_mask=None,
+        cache=None,
+        return_key_value=False,
+        training=False,
+        direct=False,
+    ):
+        plain_forward = (
+            padding_mask is not None
+            and attention_mask is None
+            and cache is None
+            and not return_key_value
+            and not direct
+        )
+        if self.rematerialize and training and plain_forward:
+            # Only array arguments go through `keras.remat`; `training` stays Python.
+            def forward(inputs, padding_mask):
+                return self._forward(inputs, padding_mask, training=training)
+
+            return keras.remat(forward)(inputs, padding_mask)
+        return self._forward(
+            inputs,
+            padding_mask,
+            positions=positions,
+            attention_mask=attention_mask,
+            cache=cache,
+            return_key_value=return_key_value,
+            training=training,
+            direct=direct,
+        )
+
+    def _forward(
+        self,
+        inputs,
+        padding_mask,
         positions=None,
         attention_mask=None,
         cache=None,
@@ -225,6 +275,7 @@ class GemmaDecoderBlock(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     keras.initializers.get(self.kernel_initializer)
                 ),
+                "rematerialize": self.rematerialize,
             }
         )
         return config

@@ -459,5 +459,13 @@ class GemmaBackbone(keras.Model):
         lora.export_lora_to_peft(self, directory)
 
     def enable_gradient_checkpointing(self):
-        """Recomputes each block's activations in the backward pass to save memory."""
-        lora.enable_gradient_checkpointing(self)
+        """Recomputes each block's activations in the backward pass to save memory.
+
+        Sets `rematerialize = True` on every `GemmaDecoderBlock` (see there):
+        training memory then grows with one block's activations plus the
+        block inputs, not every intermediate of every block; the gradients
+        are the same and generation is unaffected. Calling it again changes
+        nothing. Call `compile()` afterwards.
+        """
+        for block in self.transformer_layers:
+            block.rematerialize = True

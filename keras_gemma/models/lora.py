@@ -20,7 +20,6 @@ runs unchanged on every backend.
 import dataclasses
 import os
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -297,37 +296,6 @@ def merge_lora_weights(backbone):
     for variable in state.frozen_variables:
         variable.trainable = True
     backbone._lora_state = None
-
-
-# === Gradient checkpointing ===
-
-
-def enable_gradient_checkpointing(backbone):
-    """Recomputes each decoder block's activations in the backward pass.
-
-    Training memory then grows with one block's activations plus the block
-    inputs instead of every intermediate of every block. Uses `keras.remat`
-    (`jax.checkpoint`, `torch.utils.checkpoint`, `tf.recompute_grad`); cached
-    decoding (generation) calls the blocks with a cache and is unaffected.
-    """
-    for block in backbone.transformer_layers:
-        if getattr(block, "_keras_gemma_checkpointed", False):
-            continue
-        block.call = _checkpointed(block.call)
-        block._keras_gemma_checkpointed = True
-
-
-def _checkpointed(call):
-    def checkpointed_call(inputs, padding_mask=None, training=False, **kwargs):
-        if kwargs or padding_mask is None:
-            return call(inputs, padding_mask=padding_mask, training=training, **kwargs)
-
-        def block(inputs, padding_mask):
-            return call(inputs, padding_mask=padding_mask, training=training)
-
-        return keras.remat(block)(inputs, padding_mask)
-
-    return checkpointed_call
 
 
 # === PEFT export ===

@@ -188,6 +188,20 @@ class TestGemmaDecoderBlock(TestCase):
         self.assert_all_close(block(x, padding_mask=padding_mask), inference)
         self.assert_not_all_close(block(x, padding_mask=padding_mask, training=True), inference)
 
+    def test_rematerialize_is_config_and_changes_no_output(self):
+        block, _, _ = make_block(11, rematerialize=True)
+        x, padding_mask = inputs(12)
+        assert make_block(11)[0].get_config()["rematerialize"] is False
+        revived = self.run_serialization_test(block)
+        assert revived.get_config()["rematerialize"] is True
+        assert revived.rematerialize is True
+        plain, _, _ = make_block(11)
+        self.assert_all_close(
+            block(x, padding_mask=padding_mask, training=True),
+            plain(x, padding_mask=padding_mask, training=True),
+            atol=1e-6,
+        )
+
     def test_unknown_layer_type(self):
         with pytest.raises(ValueError, match="`layer_type` must be one of"):
             GemmaDecoderBlock(**CONFIG, layer_type="local")

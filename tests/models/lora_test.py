@@ -246,6 +246,52 @@ class TestLoraTraining(TestCase):
         np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
         assert losses[0][-1] < losses[0][0]
 
+    def test_gradient_checkpointing_rematerializes_with_the_same_gradients(self, monkeypatch):
+        """One SGD step's LoRA update (its gradient, scaled) is the same with and
+        without rematerialization; only training calls `keras.remat`, once a block."""
+        remat_calls = []
+        real_remat = keras.remat
+
+        def counting_remat(function):
+            remat_calls.append(function)
+            return real_remat(function)
+
+        monkeypatch.setattr(keras, "remat", counting_remat)
+        inputs = token_inputs()
+        labels = np.roll(inputs["token_ids"], -1, axis=1)
+        updates = []
+        for enable_count in (0, 2):  # Enabling twice is the same as once.
+            causal_lm = make_causal_lm()
+            causal_lm.enable_lora(2)
+            set_random_adapters(causal_lm.backbone)
+            for _ in range(enable_count):
+                causal_lm.enable_gradient_checkpointing()
+            blocks = causal_lm.backbone.transformer_layers
+            assert [block.rematerialize for block in blocks] == [enable_count > 0] * len(blocks)
+            before = adapter_values(causal_lm.backbone)
+            remat_calls.clear()
+            causal_lm.backbone(inputs)  # Inference: no rematerialization.
+            assert remat_calls == []
+            causal_lm.backbone(inputs, training=True)
+            assert len(remat_calls) == (len(blocks) if enable_count else 0)
+            causal_lm.compile(
+                optimizer=keras.optimizers.SGD(1.0),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            causal_lm.fit(inputs, labels, batch_size=2, epochs=1, shuffle=False, verbose=0)
+            after = adapter_values(causal_lm.backbone)
+            updates.append([a - b for a, b in zip(after, before)])
+            remat_calls.clear()
+            prompt = {
+                "token_ids": inputs["token_ids"][:1, :4],
+                "padding_mask": np.ones((1, 4), "int32"),
+            }
+            causal_lm.generate(prompt, max_new_tokens=3, stop_token_ids=None)
+            assert remat_calls == []  # The cached decode path never rematerializes.
+        assert max(float(np.abs(update).max()) for update in updates[0]) > 1e-4
+        for with_remat, without in zip(updates[1], updates[0]):
+            np.testing.assert_allclose(with_remat, without, rtol=1e-5, atol=1e-7)
+
 
 # Run with `python -c` under another backend: the same fine-tune, losses as JSON.
 CROSS_BACKEND_SCRIPT = """
