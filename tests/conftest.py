@@ -1,4 +1,4 @@
-"""Test-session settings shared by every test file.
+"""Test-session settings and the fixtures shared by every test file.
 
 `pytest -n 2` runs two worker processes on CI's two cores. Each backend would
 otherwise start a thread pool as wide as the machine in every worker, and on
@@ -10,6 +10,10 @@ backend is imported (subprocesses inherit it).
 """
 
 import os
+import shutil
+from typing import NamedTuple
+
+import pytest
 
 for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(variable, "1")
@@ -24,12 +28,8 @@ if "xla_cpu_multi_thread_eigen" not in _xla_flags:
 #
 # Built once per session and shared read-only by every test file; a test that
 # changes files on disk takes `preset_copy`. The builders live in
-# `keras_gemma.testing`.
-
-import shutil  # noqa: E402
-from typing import NamedTuple  # noqa: E402
-
-import pytest  # noqa: E402
+# `keras_gemma.testing`, imported inside the fixtures so that no backend is
+# imported before the settings above.
 
 SEQUENCE_LENGTH = 32
 """`tiny_lm`'s preprocessor sequence length."""
