@@ -20,7 +20,6 @@ from keras_gemma import cli
 from keras_gemma.commands import finetune
 from keras_gemma.commands.options import build_sampler
 from keras_gemma.testing.configs import tiny_config
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "The capital of France is"
@@ -65,33 +64,14 @@ def assert_one_line_error(stderr, contains=None):
         assert contains in lines[0], lines[0]
 
 
-@pytest.fixture(scope="module")
-def vocabulary(tmp_path_factory):
-    return build_tiny_vocabulary(tmp_path_factory.mktemp("vocabulary"))
-
-
-@pytest.fixture(scope="module")
-def tiny_preset(tmp_path_factory, vocabulary):
-    """A tiny random Gemma 3 saved as a Keras preset directory."""
-    keras.utils.set_random_seed(0)
-    tokenizer = keras_gemma.GemmaTokenizer(proto=vocabulary)
-    backbone = keras_gemma.GemmaBackbone(
-        **tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)
-    )
-    preprocessor = keras_gemma.GemmaCausalLMPreprocessor(tokenizer, sequence_length=32)
-    directory = str(tmp_path_factory.mktemp("presets") / "tiny_gemma3")
-    keras_gemma.GemmaCausalLM(backbone, preprocessor).save_to_preset(directory)
-    return directory
-
-
 # === Subprocesses: one per subcommand ===
 
 
-def test_generate_prompt_from_stdin_with_sampler(tiny_preset, tmp_path):
+def test_generate_prompt_from_stdin_with_sampler(saved_preset, tmp_path):
     arguments = (
         "generate",
         "--preset",
-        tiny_preset,
+        saved_preset,
         "--max-new-tokens",
         "4",
         "--sampler",
@@ -129,12 +109,12 @@ def test_generate_real_gemma3_270m():
     assert not completion.startswith(PROMPT)
 
 
-def test_chat_over_piped_stdin(tiny_preset):
+def test_chat_over_piped_stdin(saved_preset):
     conversation = "Hello there!\n\nWhat is the capital of Italy?\n/exit\nnever read\n"
     result = run_cli(
         "chat",
         "--preset",
-        tiny_preset,
+        saved_preset,
         "--max-new-tokens",
         "3",
         "--max-length",
@@ -148,14 +128,13 @@ def test_chat_over_piped_stdin(tiny_preset):
     assert "never read" not in result.stdout
 
 
-def test_convert_transformers_checkpoint(tmp_path, vocabulary):
+def test_convert_transformers_checkpoint(tmp_path, vocabulary_path, tokenizer):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from keras_gemma.testing import transformers_checkpoints
 
-    with open(vocabulary, "rb") as f:
+    with open(vocabulary_path, "rb") as f:
         proto = f.read()
-    tokenizer = keras_gemma.GemmaTokenizer(proto=proto)
     config = tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)
     hf_model = transformers_checkpoints.make_transformers_model(config, seed=1)
     hf_directory = str(tmp_path / "hf")
@@ -180,7 +159,7 @@ def test_convert_transformers_checkpoint(tmp_path, vocabulary):
     assert exit_code == 1
 
 
-def test_finetune_lora_on_jsonl(tmp_path, tiny_preset):
+def test_finetune_lora_on_jsonl(tmp_path, saved_preset):
     data = tmp_path / "train.jsonl"
     records = [
         {"text": "The quick brown fox jumps over the lazy dog."},
@@ -193,7 +172,7 @@ def test_finetune_lora_on_jsonl(tmp_path, tiny_preset):
         "finetune",
         str(data),
         "--preset",
-        tiny_preset,
+        saved_preset,
         "--rank",
         "2",
         "--epochs",
@@ -214,7 +193,7 @@ def test_finetune_lora_on_jsonl(tmp_path, tiny_preset):
     assert "loss" in result.stderr
     assert "final loss:" in result.stderr
     assert adapter.is_file()
-    lm = keras_gemma.GemmaCausalLM.from_preset(tiny_preset)
+    lm = keras_gemma.GemmaCausalLM.from_preset(saved_preset)
     lm.backbone.enable_lora(rank=2)
     before = [keras.ops.convert_to_numpy(w) for w in lm.backbone.trainable_weights]
     lm.backbone.load_lora_weights(str(adapter))
@@ -301,7 +280,7 @@ def test_backend_option(capsys):
     assert "gemma3_270m" in capsys.readouterr().out
 
 
-def test_read_examples_formats(tmp_path):
+def test_read_examples_formats(tmp_path, tokenizer):
     text_file = tmp_path / "data.txt"
     text_file.write_text("first example\n\nsecond example\n", encoding="utf-8")
     assert finetune.read_examples(str(text_file)) == ["first example", "second example"]
@@ -309,7 +288,6 @@ def test_read_examples_formats(tmp_path):
     jsonl.write_text('{"text": "a"}\n{"prompt": "q", "response": "r"}\n', encoding="utf-8")
     examples = finetune.read_examples(str(jsonl))
     assert examples == ["a", ("q", "r")]
-    tokenizer = keras_gemma.GemmaTokenizer(proto=build_tiny_vocabulary(tmp_path))
     rendered = finetune._render_examples(examples, tokenizer)
     assert rendered[0] == "a"
     assert (

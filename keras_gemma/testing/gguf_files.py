@@ -3,8 +3,20 @@
 import numpy as np
 
 
-def write_tiny_gguf(path, architecture="gemma2", num_layers=4, extra=None):
-    """Writes a small float32 Gemma GGUF the way llama.cpp lays one out."""
+def write_tiny_gguf(path, architecture="gemma2", num_layers=4, extra=None, tensor_shapes=None):
+    """Writes a small float32 Gemma GGUF the way llama.cpp lays one out.
+
+    Args:
+        path: str. The file to write.
+        architecture: "gemma", "gemma2" or "gemma3".
+        num_layers: int.
+        extra: optional `{key: value}` metadata under the architecture's prefix.
+        tensor_shapes: optional `{GGUF tensor name: shape}` replacing the
+            shapes written, for files whose tensors contradict their metadata.
+
+    Returns:
+        `{GGUF tensor name: float32 array}` as written.
+    """
     import gguf
 
     hidden, heads, kv_heads, head_dim, ffn = 8, 2, 1, 4, 16
@@ -53,6 +65,7 @@ def write_tiny_gguf(path, architecture="gemma2", num_layers=4, extra=None):
         block["post_ffw_norm.weight"] = (hidden,)
     for i in range(num_layers):
         tensors.update({f"blk.{i}.{name}": shape for name, shape in block.items()})
+    tensors.update(tensor_shapes or {})
     arrays = {}
     for name, shape in tensors.items():
         arrays[name] = rng.normal(size=shape).astype(np.float32)

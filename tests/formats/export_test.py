@@ -10,11 +10,11 @@ import pytest
 from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
-from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
 from keras_gemma.testing.configs import FAMILIES
 from keras_gemma.testing.configs import tiny_config
+from keras_gemma.testing.models import assign_scaled_random_weights
+from keras_gemma.testing.models import ragged_inputs
 from keras_gemma.testing.test_case import TestCase
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -28,33 +28,16 @@ LENGTH = 12  # Longer than the tiny configs' sliding window (4).
 def random_causal_lm(family, seed, preprocessor=None):
     """A tiny model of `family` with every weight re-drawn (norm scales far from 0)."""
     backbone = GemmaBackbone(**tiny_config(family, vocabulary_size=VOCABULARY_SIZE))
-    rng = np.random.default_rng(seed)
-    for variable in backbone.weights:
-        shape = tuple(variable.shape)
-        if variable.path.endswith("scale"):
-            values = rng.normal(0.0, 0.5, shape)
-        elif "embedding" in variable.path:
-            values = rng.normal(0.0, 1.0, shape)
-        else:
-            fan_in = np.prod(shape[:-1]) if "attention_output" in variable.path else shape[-2]
-            values = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape)
-        variable.assign(values.astype("float32"))
-    return GemmaCausalLM(backbone, preprocessor)
+    return GemmaCausalLM(assign_scaled_random_weights(backbone, seed), preprocessor)
 
 
 def make_inputs():
-    rng = np.random.default_rng(1)
-    token_ids = rng.integers(3, VOCABULARY_SIZE, (2, LENGTH)).astype("int32")
-    padding_mask = np.ones((2, LENGTH), "int32")
-    padding_mask[1, -4:] = 0
-    token_ids[1, -4:] = 0
-    return {"token_ids": token_ids, "padding_mask": padding_mask}
+    return ragged_inputs(VOCABULARY_SIZE, length=LENGTH, padding=4, seed=1)
 
 
 @pytest.fixture(scope="module")
-def preprocessor(tmp_path_factory):
-    vocabulary = build_tiny_vocabulary(tmp_path_factory.mktemp("vocab"))
-    return GemmaCausalLMPreprocessor(GemmaTokenizer(vocabulary), sequence_length=16)
+def preprocessor(tokenizer):
+    return GemmaCausalLMPreprocessor(tokenizer, sequence_length=16)
 
 
 @pytest.fixture(scope="module")

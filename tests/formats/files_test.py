@@ -6,7 +6,6 @@ import pytest
 
 from keras_gemma.formats import files
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 
 def test_failed_file_write_keeps_the_old_file_and_leaves_no_staging_file(tmp_path):
@@ -34,9 +33,7 @@ def test_atomic_file_write_honours_the_umask(tmp_path):
     assert (tmp_path / "file.bin").read_bytes() == b"bytes"
 
 
-def test_failed_tokenizer_save_leaves_no_temporary_file(tmp_path, monkeypatch):
-    (tmp_path / "vocab").mkdir()
-    tokenizer = GemmaTokenizer(build_tiny_vocabulary(tmp_path / "vocab"))
+def test_failed_tokenizer_save_leaves_no_temporary_file(tokenizer, tmp_path, monkeypatch):
     target = tmp_path / "preset"
     tokenizer.save_to_preset(target)
     before = sorted(os.listdir(target))

@@ -17,8 +17,9 @@ from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
+from keras_gemma.testing.models import assign_scaled_random_weights
+from keras_gemma.testing.models import ragged_inputs
 from keras_gemma.testing.test_case import TestCase
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -65,34 +66,13 @@ KERAS_HUB_CONFIGS = {
 }
 
 
-def randomize(model, seed):
-    """Re-draws every weight so each term matters (norm scales far from 0)."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape = tuple(variable.shape)
-        if variable.path.endswith("scale"):
-            values = rng.normal(0.0, 0.5, shape)
-        elif "embedding" in variable.path:
-            values = rng.normal(0.0, 1.0, shape)
-        else:
-            fan_in = np.prod(shape[:-1]) if "attention_output" in variable.path else shape[-2]
-            values = rng.normal(0.0, 1.0 / np.sqrt(fan_in), shape)
-        variable.assign(values.astype("float32"))
-
-
 def make_inputs():
-    rng = np.random.default_rng(0)
-    token_ids = rng.integers(3, VOCABULARY_SIZE, (2, LENGTH)).astype("int32")
-    padding_mask = np.ones((2, LENGTH), "int32")
-    padding_mask[1, -3:] = 0
-    token_ids[1, -3:] = 0
-    return {"token_ids": token_ids, "padding_mask": padding_mask}
+    return ragged_inputs(VOCABULARY_SIZE, length=LENGTH, padding=3, seed=0)
 
 
 @pytest.fixture(scope="module")
-def presets(tmp_path_factory):
+def presets(tmp_path_factory, vocabulary_path):
     """Per family: the keras-hub preset dir, its logits on `make_inputs()`."""
-    vocabulary = build_tiny_vocabulary(tmp_path_factory.mktemp("vocab"))
     inputs = make_inputs()
     result = {}
     for seed, (family, config) in enumerate(KERAS_HUB_CONFIGS.items()):
@@ -101,12 +81,12 @@ def presets(tmp_path_factory):
             backbone = keras_hub.models.Gemma3Backbone(**config)
         else:
             backbone = keras_hub.models.GemmaBackbone(**config)
-        randomize(backbone, seed)
+        assign_scaled_random_weights(backbone, seed)
         hidden = backbone(inputs)
         logits = backbone.token_embedding(hidden, reverse=True)
         if family == "gemma":
             # A whole task with its preprocessor, as Kaggle presets have.
-            tokenizer = keras_hub.models.GemmaTokenizer(proto=vocabulary)
+            tokenizer = keras_hub.models.GemmaTokenizer(proto=vocabulary_path)
             preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=24)
             keras_hub.models.GemmaCausalLM(
                 backbone=backbone, preprocessor=preprocessor
@@ -117,7 +97,7 @@ def presets(tmp_path_factory):
             "directory": directory,
             "logits": keras.ops.convert_to_numpy(logits),
             "inputs": inputs,
-            "vocabulary": vocabulary,
+            "vocabulary": vocabulary_path,
         }
     return result
 

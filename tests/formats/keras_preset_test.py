@@ -13,21 +13,11 @@ from keras_gemma.formats.loader import handle_kind
 from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
-from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
 from keras_gemma.testing.configs import FAMILIES
-from keras_gemma.testing.configs import tiny_config
+from keras_gemma.testing.models import random_backbone
 from keras_gemma.testing.test_case import TestCase
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 VOCABULARY_SIZE = 400
-
-
-def random_backbone(family, seed, dtype=None):
-    backbone = GemmaBackbone(**tiny_config(family, vocabulary_size=VOCABULARY_SIZE), dtype=dtype)
-    rng = np.random.default_rng(seed)
-    for variable in backbone.weights:
-        variable.assign(rng.normal(0.0, 0.3, tuple(variable.shape)).astype("float32"))
-    return backbone
 
 
 def make_inputs():
@@ -39,11 +29,8 @@ def make_inputs():
 
 
 @pytest.fixture(scope="module")
-def preprocessor(tmp_path_factory):
-    vocabulary = build_tiny_vocabulary(tmp_path_factory.mktemp("vocab"))
-    return GemmaCausalLMPreprocessor(
-        GemmaTokenizer(vocabulary), sequence_length=20, add_end_token=False
-    )
+def preprocessor(tokenizer):
+    return GemmaCausalLMPreprocessor(tokenizer, sequence_length=20, add_end_token=False)
 
 
 def assert_bit_identical(first, second):
@@ -62,7 +49,7 @@ class TestKerasPreset(TestCase):
     @pytest.mark.parametrize("with_preprocessor", [True, False])
     def test_save_load_bit_identical(self, family, with_preprocessor, preprocessor, tmp_path):
         lm = GemmaCausalLM(
-            random_backbone(family, FAMILIES.index(family)),
+            random_backbone(FAMILIES.index(family), family),
             preprocessor if with_preprocessor else None,
         )
         directory = str(tmp_path / "preset")
@@ -86,7 +73,7 @@ class TestKerasPreset(TestCase):
             assert not os.path.exists(os.path.join(directory, preset_files.KERAS_TOKENIZER_ASSET))
 
     def test_bfloat16_round_trip_and_override(self, tmp_path):
-        lm = GemmaCausalLM(random_backbone("gemma2", 3, dtype="bfloat16"))
+        lm = GemmaCausalLM(random_backbone(3, "gemma2", dtype="bfloat16"))
         directory = str(tmp_path / "bf16")
         lm.save_to_preset(directory)
         reloaded = GemmaBackbone.from_preset(directory)
@@ -97,10 +84,10 @@ class TestKerasPreset(TestCase):
 
     def test_failed_save_keeps_previous_preset(self, preprocessor, tmp_path, monkeypatch):
         directory = str(tmp_path / "preset")
-        old = GemmaCausalLM(random_backbone("gemma3", 0), preprocessor)
+        old = GemmaCausalLM(random_backbone(0, "gemma3"), preprocessor)
         old.save_to_preset(directory)
         files_before = sorted(os.listdir(directory))
-        new = GemmaCausalLM(random_backbone("gemma3", 1), preprocessor)
+        new = GemmaCausalLM(random_backbone(1, "gemma3"), preprocessor)
 
         def fail_midway(path, *args, **kwargs):
             with open(path, "wb") as file:
@@ -117,15 +104,15 @@ class TestKerasPreset(TestCase):
 
     def test_overwrite_replaces_everything(self, preprocessor, tmp_path):
         directory = str(tmp_path / "preset")
-        GemmaCausalLM(random_backbone("gemma", 0), preprocessor).save_to_preset(directory)
-        replacement = GemmaCausalLM(random_backbone("gemma2", 1))
+        GemmaCausalLM(random_backbone(0, "gemma"), preprocessor).save_to_preset(directory)
+        replacement = GemmaCausalLM(random_backbone(1, "gemma2"))
         replacement.save_to_preset(directory)
         assert not os.path.exists(os.path.join(directory, "preprocessor.json"))
         assert_bit_identical(replacement.backbone, GemmaBackbone.from_preset(directory))
 
     def test_foreign_class_is_refused(self, tmp_path):
         directory = str(tmp_path / "preset")
-        GemmaCausalLM(random_backbone("gemma", 0)).save_to_preset(directory)
+        GemmaCausalLM(random_backbone(0, "gemma")).save_to_preset(directory)
         with open(os.path.join(directory, "config.json")) as file:
             config = json.load(file)
         config.update(
@@ -138,7 +125,7 @@ class TestKerasPreset(TestCase):
 
     def test_damaged_weights_error(self, tmp_path):
         directory = str(tmp_path / "preset")
-        GemmaCausalLM(random_backbone("gemma", 0)).save_to_preset(directory)
+        GemmaCausalLM(random_backbone(0, "gemma")).save_to_preset(directory)
         with open(os.path.join(directory, "model.weights.h5"), "wb") as file:
             file.write(b"not hdf5")
         with pytest.raises(ValueError, match="damaged"):

@@ -77,7 +77,8 @@ class TestHandles:
 
 
 @pytest.fixture
-def saved_preset(tmp_path):
+def backbone_only_preset(tmp_path):
+    """`(backbone, directory)`: a Gemma 2 preset without a tokenizer, unlike `saved_preset`."""
     backbone = GemmaBackbone(**tiny_config("gemma2"))
     directory = str(tmp_path / "downloaded")
     GemmaCausalLM(backbone).save_to_preset(directory)
@@ -85,9 +86,9 @@ def saved_preset(tmp_path):
 
 
 class TestDownloadSuccess:
-    def test_hf_snapshot(self, saved_preset, monkeypatch):
+    def test_hf_snapshot(self, backbone_only_preset, monkeypatch):
         huggingface_hub = pytest.importorskip("huggingface_hub")
-        backbone, directory = saved_preset
+        backbone, directory = backbone_only_preset
         calls = []
 
         def snapshot_download(repo_id, **kwargs):
@@ -101,9 +102,9 @@ class TestDownloadSuccess:
         assert calls[0][0] == "org/repo" and not calls[0][1].get("local_files_only")
         assert loaded.get_config()["layer_types"] == backbone.get_config()["layer_types"]
 
-    def test_hf_offline_uses_local_cache(self, saved_preset, monkeypatch):
+    def test_hf_offline_uses_local_cache(self, backbone_only_preset, monkeypatch):
         huggingface_hub = pytest.importorskip("huggingface_hub")
-        _, directory = saved_preset
+        _, directory = backbone_only_preset
         calls = []
 
         def snapshot_download(repo_id, **kwargs):
@@ -115,9 +116,9 @@ class TestDownloadSuccess:
         assert remote.download("hf://org/repo") == directory
         assert calls == [dict(calls[0], local_files_only=True)]
 
-    def test_kaggle_model_download(self, saved_preset, monkeypatch):
+    def test_kaggle_model_download(self, backbone_only_preset, monkeypatch):
         kagglehub = pytest.importorskip("kagglehub")
-        _, directory = saved_preset
+        _, directory = backbone_only_preset
         calls = []
 
         def model_download(handle, **kwargs):

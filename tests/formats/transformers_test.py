@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import shutil
@@ -13,12 +14,12 @@ from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.testing.configs import FAMILIES
 from keras_gemma.testing.configs import tiny_config
+from keras_gemma.testing.models import ragged_inputs
 from keras_gemma.testing.test_case import TestCase
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from keras_gemma.testing.transformers_checkpoints import make_transformers_model  # noqa: E402
 from keras_gemma.testing.transformers_checkpoints import save_transformers_checkpoint  # noqa: E402
 from keras_gemma.testing.transformers_checkpoints import transformers_logits  # noqa: E402
 
@@ -28,30 +29,23 @@ PADDING = 4  # Right padding of the second row.
 
 
 def make_inputs(vocabulary_size):
-    rng = np.random.default_rng(0)
-    token_ids = rng.integers(3, vocabulary_size, (2, LENGTH)).astype("int32")
-    padding_mask = np.ones((2, LENGTH), "int32")
-    padding_mask[1, -PADDING:] = 0
-    token_ids[1, -PADDING:] = 0
-    return {"token_ids": token_ids, "padding_mask": padding_mask}
+    return ragged_inputs(vocabulary_size, length=LENGTH, padding=PADDING, seed=0)
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(transformers_checkpoint):
     """Per family: our config, the checkpoint dir, the inputs and HF's logits."""
     result = {}
     for family in FAMILIES:
         config = tiny_config(family)
-        model = make_transformers_model(config, seed=FAMILIES.index(family))
-        directory = str(tmp_path_factory.mktemp(family))
-        saved_config = save_transformers_checkpoint(model, directory)
+        checkpoint = transformers_checkpoint(family, seed=FAMILIES.index(family))
         inputs = make_inputs(config["vocabulary_size"])
-        logits = transformers_logits(model, inputs["token_ids"], inputs["padding_mask"])
+        logits = transformers_logits(checkpoint.model, inputs["token_ids"], inputs["padding_mask"])
         result[family] = {
             "config": config,
-            "model": model,
-            "directory": directory,
-            "saved_config": saved_config,
+            "model": checkpoint.model,
+            "directory": checkpoint.directory,
+            "saved_config": checkpoint.config,
             "inputs": inputs,
             "logits": logits,
         }
@@ -131,11 +125,9 @@ class TestTransformersCheckpoints(TestCase):
 
         checkpoint = checkpoints["gemma"]
         directory = str(tmp_path / "bf16")
-        model = checkpoint["model"].to(torch.bfloat16)
-        try:
-            save_transformers_checkpoint(model, directory)
-        finally:
-            model.to(torch.float32)
+        # A copy: the shared checkpoint's model stays float32.
+        model = copy.deepcopy(checkpoint["model"]).to(torch.bfloat16)
+        save_transformers_checkpoint(model, directory)
         backbone = GemmaBackbone.from_preset(directory)
         reference = GemmaBackbone.from_preset(checkpoint["directory"])
         for loaded, full in zip(backbone.weights, reference.weights):

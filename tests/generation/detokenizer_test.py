@@ -1,12 +1,9 @@
 """Streaming text pieces: multi-byte characters are never split."""
 
 from keras_gemma.generation.detokenizer import IncrementalDetokenizer
-from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 
-def test_stream_pieces_hold_back_a_split_multibyte_character(tmp_path):
-    tokenizer = GemmaTokenizer(build_tiny_vocabulary(str(tmp_path)))
+def test_stream_pieces_hold_back_a_split_multibyte_character(tokenizer):
     first, second = tokenizer.token_to_id("<0xC3>"), tokenizer.token_to_id("<0xA9>")  # "é" in UTF-8
     text = IncrementalDetokenizer(tokenizer, prefix=tokenizer.tokenize("The cat"))
     assert text.emitted == "The cat"

@@ -14,34 +14,25 @@ from keras_gemma import samplers
 from keras_gemma.generation.engine import CompiledGenerator
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
-from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
 from keras_gemma.testing.configs import FAMILIES
 from keras_gemma.testing.configs import tiny_config
-from keras_gemma.testing.transformers_checkpoints import make_transformers_model
-from keras_gemma.testing.transformers_checkpoints import save_transformers_checkpoint
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 # Prompts longer than the tiny sliding window (4), and a short one: a ragged batch.
 PROMPTS = [[2, 5, 6, 7, 8, 9, 10, 11, 12], [2, 11, 12], [2, 40, 41, 42, 43, 44]]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def pair(request, tmp_path_factory):
+def pair(request, transformers_checkpoint):
     """(transformers model, our GemmaCausalLM) with the same random weights."""
-    family = request.param
-    hf_model = make_transformers_model(tiny_config(family), seed=1, embedding_scale=0.05)
-    directory = str(tmp_path_factory.mktemp(f"hf_{family}"))
-    save_transformers_checkpoint(hf_model, directory)
-    return hf_model, GemmaCausalLM.from_preset(directory)
+    checkpoint = transformers_checkpoint(request.param, seed=1, embedding_scale=0.05)
+    return checkpoint.model, GemmaCausalLM.from_preset(checkpoint.directory)
 
 
 @pytest.fixture(scope="module")
-def gemma2_pair(tmp_path_factory):
+def gemma2_pair(transformers_checkpoint):
     """Gemma 2 (sliding window, soft-caps) for the family-independent tests."""
-    hf_model = make_transformers_model(tiny_config("gemma2"), seed=1, embedding_scale=0.05)
-    directory = str(tmp_path_factory.mktemp("hf_gemma2_single"))
-    save_transformers_checkpoint(hf_model, directory)
-    return hf_model, GemmaCausalLM.from_preset(directory)
+    checkpoint = transformers_checkpoint("gemma2", seed=1, embedding_scale=0.05)
+    return checkpoint.model, GemmaCausalLM.from_preset(checkpoint.directory)
 
 
 def _ids(prompt):
@@ -239,17 +230,11 @@ def test_score_equals_log_softmax_of_forward_pass(gemma2_pair):
 
 
 @pytest.fixture(scope="module")
-def text_lm(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("vocab")
-    tokenizer = GemmaTokenizer(build_tiny_vocabulary(str(directory)))
-    hf_model = make_transformers_model(
-        tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size),
-        seed=2,
-        embedding_scale=0.05,
+def text_lm(tokenizer, transformers_checkpoint):
+    checkpoint = transformers_checkpoint(
+        "gemma3", seed=2, embedding_scale=0.05, vocabulary_size=tokenizer.vocabulary_size
     )
-    checkpoint = str(tmp_path_factory.mktemp("hf_text"))
-    save_transformers_checkpoint(hf_model, checkpoint)
-    lm = GemmaCausalLM.from_preset(checkpoint)
+    lm = GemmaCausalLM.from_preset(checkpoint.directory)
     lm.preprocessor = GemmaCausalLMPreprocessor(tokenizer, sequence_length=16)
     return lm
 

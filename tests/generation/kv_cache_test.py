@@ -114,6 +114,10 @@ def test_cache_map_keeps_the_cache_kind():
     doubled = cache.map(lambda tensor: ops.repeat(tensor, 2, axis=0))
     assert isinstance(doubled, RingKVCache)
     assert tuple(doubled.key.shape) == (2 * BATCH, 2, HEADS, HEAD_DIM)
+    for mapped, original in ((doubled.key, cache.key), (doubled.value, cache.value)):
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(mapped), np.repeat(ops.convert_to_numpy(original), 2, axis=0)
+        )
 
 
 def test_cache_class_of_each_layer():

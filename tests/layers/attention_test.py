@@ -166,6 +166,8 @@ class TestGemmaAttention(TestCase):
         assert tuple(output.shape) == (2, 12, HIDDEN_DIM)
         assert tuple(key.shape) == (2, 12, 2, 8)
         assert tuple(value.shape) == (2, 12, 2, 8)
+        # Returning the keys and values changes nothing about the output.
+        self.assert_all_close(output, layer(x, positions=positions, attention_mask=mask))
 
     def test_cache_equals_full_sequence(self):
         """Attending over (cache + new tokens) equals attending over the

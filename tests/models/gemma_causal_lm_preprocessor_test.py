@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
-from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 BOS, EOS, PAD = 2, 1, 0
 # Ids of the tiny vocabulary, checked in `test_tiny_vocabulary_ids`.
@@ -22,16 +20,6 @@ TEXTS = [
     "café 你好 🤖\n  code(x)  ",
     "<start_of_turn>user\nhi<end_of_turn>",
 ]
-
-
-@pytest.fixture(scope="session")
-def vocabulary_path(tmp_path_factory):
-    return build_tiny_vocabulary(tmp_path_factory.mktemp("preprocessor_vocab"))
-
-
-@pytest.fixture(scope="session")
-def tokenizer(vocabulary_path):
-    return GemmaTokenizer(proto=vocabulary_path)
 
 
 def test_tiny_vocabulary_ids(tokenizer):

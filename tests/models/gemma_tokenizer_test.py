@@ -10,7 +10,6 @@ import sentencepiece
 from hypothesis import strategies
 
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 STRINGS = [
     "",
@@ -36,16 +35,6 @@ CONTROL_LITERALS = [
     "text <bos> with <eos> control <pad> pieces <unk>",
     "<bos><bos>x<eos>",
 ]
-
-
-@pytest.fixture(scope="session")
-def vocabulary_path(tmp_path_factory):
-    return build_tiny_vocabulary(tmp_path_factory.mktemp("tokenizer_vocab"))
-
-
-@pytest.fixture(scope="session")
-def tokenizer(vocabulary_path):
-    return GemmaTokenizer(proto=vocabulary_path)
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,8 @@ from keras_gemma.models import lora
 from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
-from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
 from keras_gemma.testing.configs import tiny_config
 from keras_gemma.testing.test_case import TestCase
-from keras_gemma.testing.vocab import build_tiny_vocabulary
 
 VOCABULARY_SIZE = 400
 TRAIN_TEXT = [
@@ -53,12 +51,6 @@ def set_random_adapters(backbone, seed=1, scale=0.05):
 
 def adapter_values(backbone):
     return [keras.ops.convert_to_numpy(v) for v in backbone.trainable_weights]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("vocab")
-    return GemmaTokenizer(proto=build_tiny_vocabulary(str(directory), VOCABULARY_SIZE))
 
 
 def make_causal_lm(tokenizer=None, family="gemma3", **overrides):

@@ -2,22 +2,20 @@
 
     KERAS_BACKEND=torch python backend_worker.py PRESET_DIR OUT_DIR
 
-Loads the preset and writes its logits on `conftest.fixed_inputs()`, then
-saves a second tiny model (weights from NumPy seed 7) as a preset with its
-logits, all under OUT_DIR/<backend>/.
+Loads the preset and writes its logits on `keras_gemma.testing.models.ragged_inputs()`,
+then saves a second tiny model (weights from NumPy seed 7) as a preset with
+its logits, all under OUT_DIR/<backend>/.
 """
 
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras
 
-import keras  # noqa: E402
-from conftest import logits_of  # noqa: E402
-from conftest import random_backbone  # noqa: E402
-
-from keras_gemma.models.gemma_causal_lm import GemmaCausalLM  # noqa: E402
+from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
+from keras_gemma.testing.models import logits_of
+from keras_gemma.testing.models import random_backbone
 
 SAVED_SEED = 7
 

@@ -13,11 +13,11 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import logits_of
-from conftest import random_backbone
 
 from keras_gemma import samplers
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
+from keras_gemma.testing.models import logits_of
+from keras_gemma.testing.models import random_backbone
 
 BACKENDS = ("jax", "torch", "tensorflow")
 WORKER = os.path.join(os.path.dirname(__file__), "backend_worker.py")

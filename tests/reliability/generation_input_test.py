@@ -8,6 +8,7 @@ string prompt without a tokenizer, 200k new tokens and ids outside the
 vocabulary; the cases here are the rest.
 """
 
+import keras
 import numpy as np
 import pytest
 
@@ -247,9 +248,45 @@ def test_zero_new_tokens_returns_the_prompt(tiny_lm):
     assert list(tiny_lm.generate("hello", max_new_tokens=0, stream=True)) == []
 
 
-def test_infinite_temperature_samples_uniformly_without_error():
+# scipy.stats.chi2.isf(1e-9, df=7): a uniform sampler's statistic over 8 tokens
+# exceeds it once in 10^9 seeds.
+CHI_SQUARE_7_DEGREES_P_1E_9 = 55.9
+
+
+def chi_square_against_uniform(sampler, vocabulary_size=8, draws=4000):
+    """Pearson's statistic of `draws` samples from steep logits (-20 to 20) vs uniform."""
+    logits = np.linspace(-20.0, 20.0, vocabulary_size, dtype="float32")
+    samples = keras.ops.convert_to_numpy(sampler(np.tile(logits, (draws, 1)), seed=0))
+    counts = np.bincount(samples, minlength=vocabulary_size)
+    expected = draws / vocabulary_size
+    return float(np.sum((counts - expected) ** 2 / expected))
+
+
+def test_infinite_temperature_samples_uniformly():
     sampler = samplers.RandomSampler(temperature=float("inf"))
     assert sampler.temperature == float("inf")
+    assert chi_square_against_uniform(sampler) < CHI_SQUARE_7_DEGREES_P_1E_9
+    # The statistic tells the difference: greedy (28000) and temperature 1 fail it.
+    assert chi_square_against_uniform(samplers.GreedySampler()) > 1000
+    assert chi_square_against_uniform(samplers.RandomSampler()) > 1000
+
+
+def test_infinite_temperature_in_generate(tiny_lm):
+    rows, new_tokens = 16, 8
+    batch = {key: np.repeat(value, rows, axis=0) for key, value in IDS.items()}
+    output = tiny_lm.generate(
+        batch,
+        max_new_tokens=new_tokens,
+        sampler=samplers.RandomSampler(temperature=float("inf")),
+        stop_token_ids=None,
+        strip_prompt=True,
+    )
+    tokens = np.asarray(output["token_ids"])[np.asarray(output["padding_mask"]).astype(bool)]
+    assert tokens.size == rows * new_tokens
+    assert np.all((0 <= tokens) & (tokens < tiny_lm.backbone.vocabulary_size))
+    # 128 uniform draws from 400 tokens give about 110 distinct ones (fewer
+    # than 64 has probability < 1e-20); greedy decoding gives the same row 16 times.
+    assert len(np.unique(tokens)) > 64
 
 
 # === Chat sessions ===

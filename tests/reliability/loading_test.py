@@ -17,7 +17,6 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import logits_of
 
 import keras_gemma
 from keras_gemma.formats import loader
@@ -25,6 +24,8 @@ from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
+from keras_gemma.testing.gguf_files import write_tiny_gguf
+from keras_gemma.testing.models import logits_of
 
 ALL_CLASSES = [GemmaCausalLM, GemmaBackbone, GemmaTokenizer, GemmaCausalLMPreprocessor]
 
@@ -484,51 +485,9 @@ def test_unknown_model_type_names_the_checkpoint(hf_copy):
 # === GGUF files ===
 
 
-def write_tiny_gguf(path, shapes_override=None):
-    """A 1-layer Gemma GGUF with a byte-fallback vocabulary (the `gguf` package's writer)."""
-    import gguf
-
-    hidden, heads, head_dim, ffn = 8, 2, 4, 16
-    tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁a"]
-    writer = gguf.GGUFWriter(path, "gemma")
-    for key, value in (
-        ("context_length", 128),
-        ("embedding_length", hidden),
-        ("block_count", 1),
-        ("feed_forward_length", ffn),
-        ("attention.head_count", heads),
-        ("attention.head_count_kv", 1),
-        ("attention.key_length", head_dim),
-    ):
-        writer.add_uint32(f"gemma.{key}", value)
-    writer.add_float32("gemma.attention.layer_norm_rms_epsilon", 1e-6)
-    writer.add_string("tokenizer.ggml.model", "llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([0.0] * len(tokens))
-    writer.add_token_types([3, 3, 3, 2] + [6] * 256 + [1])
-    for key, value in (("bos", 2), ("eos", 1), ("unknown", 3), ("padding", 0)):
-        writer.add_uint32(f"tokenizer.ggml.{key}_token_id", value)
-    rng = np.random.default_rng(0)
-    shapes = {
-        "token_embd.weight": (len(tokens), hidden),
-        "output_norm.weight": (hidden,),
-        "blk.0.attn_q.weight": (heads * head_dim, hidden),
-        "blk.0.attn_k.weight": (head_dim, hidden),
-        "blk.0.attn_v.weight": (head_dim, hidden),
-        "blk.0.attn_output.weight": (hidden, heads * head_dim),
-        "blk.0.attn_norm.weight": (hidden,),
-        "blk.0.ffn_norm.weight": (hidden,),
-        "blk.0.ffn_gate.weight": (ffn, hidden),
-        "blk.0.ffn_up.weight": (ffn, hidden),
-        "blk.0.ffn_down.weight": (hidden, ffn),
-    }
-    shapes.update(shapes_override or {})
-    for name, shape in shapes.items():
-        writer.add_tensor(name, rng.normal(size=shape).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+def tiny_gguf(path, tensor_shapes=None):
+    """A 1-layer Gemma GGUF with a byte-fallback vocabulary of 263 tokens; returns `path`."""
+    write_tiny_gguf(path, architecture="gemma", num_layers=1, tensor_shapes=tensor_shapes)
     return path
 
 
@@ -546,7 +505,7 @@ def converted_entries(cache):
 
 def test_tiny_gguf_loads(tmp_path, gguf_cache):
     """The fixture itself is good (and gets cached): the damage below is what breaks it."""
-    path = write_tiny_gguf(str(tmp_path / "tiny.gguf"))
+    path = tiny_gguf(str(tmp_path / "tiny.gguf"))
     lm = GemmaCausalLM.from_preset(path)
     assert lm.backbone.num_layers == 1 and lm.preprocessor is not None
     assert len(converted_entries(gguf_cache)) == 1
@@ -572,7 +531,7 @@ GGUF_DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(GGUF_DAMAGE))
 def test_damaged_gguf(damage, tmp_path, gguf_cache):
-    path = write_tiny_gguf(str(tmp_path / "tiny.gguf"))
+    path = tiny_gguf(str(tmp_path / "tiny.gguf"))
     corrupt, message = GGUF_DAMAGE[damage]
     corrupt(path)
     with pytest.raises(ValueError, match=message) as info:
@@ -586,7 +545,7 @@ def test_damaged_gguf(damage, tmp_path, gguf_cache):
     [
         (
             {"token_embd.weight": (100, 8)},
-            "has 261 vocabulary tokens but its token embedding has only 100 rows",
+            "has 263 vocabulary tokens but its token embedding has only 100 rows",
         ),
         (
             {"blk.0.attn_q.weight": (12, 8)},
@@ -600,7 +559,7 @@ def test_damaged_gguf(damage, tmp_path, gguf_cache):
     ids=["embedding_rows", "query_heads", "ffn_width"],
 )
 def test_gguf_with_shapes_that_do_not_match_its_metadata(shapes, message, tmp_path, gguf_cache):
-    path = write_tiny_gguf(str(tmp_path / "tiny.gguf"), shapes)
+    path = tiny_gguf(str(tmp_path / "tiny.gguf"), shapes)
     with pytest.raises(ValueError, match=message) as info:
         GemmaCausalLM.from_preset(path)
     assert path in str(info.value)

@@ -13,15 +13,25 @@ import os
 import h5py
 import numpy as np
 import pytest
-from conftest import logits_of
-from conftest import random_backbone
-from conftest import snapshot
 
 from keras_gemma.models import lora
 from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
+from keras_gemma.testing.models import logits_of
+from keras_gemma.testing.models import random_backbone
 
 FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
+
+
+def snapshot(directory):
+    """`{relative path: bytes}` of every file under `directory`."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, directory)] = f.read()
+    return files
 
 
 def fail_after(count, original):
