@@ -1,6 +1,7 @@
 """Beam search over the cached decoding steps.
 
-Each prompt is expanded to `num_beams` rows sharing one prefill. At every
+Each prompt is prefilled once (the engine's prefill program) and its caches
+repeated to `num_beams` rows. At every
 step each beam proposes its continuations; the `num_beams` best
 (prompt-wise) by summed log-probability survive, and the caches are
 re-ordered to follow their beams. A beam that emits a stop token is frozen
@@ -11,11 +12,11 @@ by `score / length ** length_penalty`.
 import numpy as np
 from keras import ops
 
-from keras_gemma.generation import decoding
+from keras_gemma.generation.batch import GREEDY
+from keras_gemma.generation.batch import DecodeBatch
+from keras_gemma.generation.batch import Request
 from keras_gemma.generation.engine import as_tensor
-from keras_gemma.generation.prompts import bucket_new_tokens
-from keras_gemma.generation.prompts import bucket_prompt_length
-from keras_gemma.generation.prompts import left_pad
+from keras_gemma.generation.engine import capacity_for
 from keras_gemma.generation.stopping import stop_mask
 from keras_gemma.generation.stopping import truncate_at_stop
 
@@ -43,9 +44,13 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
     generator = causal_lm.generator
     beams = sampler.num_beams
     batch = len(prompts)
-    prompt_length = bucket_prompt_length(max(len(p) for p in prompts))
-    total_length = prompt_length + bucket_new_tokens(max_new_tokens)
-    token_ids, padding_mask = left_pad(prompts, prompt_length, pad_token_id)
+    capacity = capacity_for(max(len(p) for p in prompts) + max_new_tokens)
+    prefilled = DecodeBatch(causal_lm, batch, capacity, pad_token_id)
+    prefilled.admit([Request(row, p, 1, GREEDY, 0, ()) for row, p in enumerate(prompts)])
+    caches = tuple(cache.map(lambda t: ops.repeat(t, beams, axis=0)) for cache in prefilled.caches)
+    # Every beam of a prompt sits at the same slot; the last prompt token comes first.
+    positions = np.repeat(prefilled.rows.position, beams).astype("int32")
+    tokens = np.repeat(prefilled.rows.token, beams).astype("int32")
     stops = tuple(stop_token_ids)
     vocabulary_size = backbone.vocabulary_size
 
@@ -68,22 +73,11 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
         flat = ops.reshape(beam_index + ops.arange(batch, dtype="int32")[:, None] * beams, (-1,))
         return ops.take(tensor, flat, axis=0)
 
-    def first(token_ids, padding_mask):
-        hidden, caches = decoding.prefill(backbone, token_ids, padding_mask, total_length)
-        log_probs = ops.log_softmax(decoding.last_logits(backbone, hidden), axis=-1)
-        log_probs = ops.repeat(log_probs, beams, axis=0)
-        caches = tuple(cache.map(lambda t: ops.repeat(t, beams, axis=0)) for cache in caches)
-        # Only beam 0 is live at the start, so the first pick is not duplicated.
-        scores = ops.where(ops.arange(beams)[None, :] == 0, 0.0, NEGATIVE_INFINITY)
-        scores = scores + ops.zeros((batch, 1))
-        done = ops.zeros((batch, beams), dtype="bool")
-        scores, beam_index, tokens = select(scores, log_probs, done)
-        return scores, tokens, caches
+    forward = generator.step_logits()
+    active = np.ones((batch * beams,), bool)
 
-    forward = generator.decode_step(total_length)
-
-    def step(caches, tokens, scores, done, lengths, slot, padding_counts):
-        logits, caches = forward(caches, ops.reshape(tokens, (-1, 1)), slot, padding_counts)
+    def step(caches, tokens, scores, done, lengths, positions, active):
+        logits, caches = forward(caches, ops.reshape(tokens, (-1,)), positions, active)
         scores, beam_index, new_tokens = select(scores, ops.log_softmax(logits, axis=-1), done)
         caches = tuple(cache.map(lambda t: reorder(t, beam_index)) for cache in caches)
         done = ops.take_along_axis(done, beam_index, axis=1)
@@ -92,23 +86,24 @@ def beam_search(causal_lm, prompts, max_new_tokens, sampler, stop_token_ids, pad
         done = ops.logical_or(done, stop_mask(new_tokens, stops))
         return caches, new_tokens, scores, done, lengths, beam_index
 
-    key = (token_ids.shape, total_length, beams, stops, pad_token_id)
-    first_function = generator.compiled("beam_first", key, first)
+    key = (batch, capacity, beams, stops, pad_token_id)
     step_function = generator.compiled("beam_step", key, step)
-    padding_counts = np.repeat(prompt_length - padding_mask.sum(axis=1), beams).astype("int32")
-    scores, tokens, caches = first_function(as_tensor(token_ids), as_tensor(padding_mask))
-    done = stop_mask(tokens, stops)
-    lengths = ops.ones((batch, beams), dtype="int32")
-    history = [ops.convert_to_numpy(tokens)[:, :, None]]  # per step `[b, beams, 1]`
+    # Only beam 0 is live at the start, so the first pick is not duplicated.
+    scores = np.where(np.arange(beams)[None, :] == 0, 0.0, NEGATIVE_INFINITY)
+    scores = as_tensor((scores + np.zeros((batch, 1))).astype("float32"))
+    done = as_tensor(np.zeros((batch, beams), bool))
+    lengths = as_tensor(np.zeros((batch, beams), "int32"))
+    tokens = as_tensor(tokens.reshape(batch, beams))
+    history = []  # per step `[b, beams, 1]`
     parents = []
-    for index in range(1, max_new_tokens):
-        if bool(np.all(ops.convert_to_numpy(done))):
+    for index in range(max_new_tokens):
+        if index and bool(np.all(ops.convert_to_numpy(done))):
             break
-        slot = np.int32(prompt_length + index - 1)
         caches, tokens, scores, done, lengths, beam_index = step_function(
-            caches, tokens, scores, done, lengths, as_tensor(slot), as_tensor(padding_counts)
+            caches, tokens, scores, done, lengths, as_tensor(positions + index), as_tensor(active)
         )
-        parents.append(ops.convert_to_numpy(beam_index))
+        if index:
+            parents.append(ops.convert_to_numpy(beam_index))
         history.append(ops.convert_to_numpy(tokens)[:, :, None])
     sequences = _backtrack(history, parents)  # (b, beams, steps)
     scores = ops.convert_to_numpy(scores)

@@ -1,11 +1,14 @@
 """Multi-turn chat that keeps the KV cache between turns."""
 
-import numpy as np
-
 from keras_gemma import samplers as sampler_lib
+from keras_gemma.generation.batch import DecodeBatch
+from keras_gemma.generation.batch import Request
 from keras_gemma.generation.detokenizer import IncrementalDetokenizer
+from keras_gemma.generation.engine import capacity_for
 from keras_gemma.generation.prompts import check_token_count
 from keras_gemma.generation.prompts import tokenizer_of
+from keras_gemma.generation.settings import resolve_seed
+from keras_gemma.generation.settings import resolve_settings
 from keras_gemma.generation.stopping import resolve_stop_token_ids
 from keras_gemma.generation.stopping import truncate_at_stop
 from keras_gemma.generation.stopping import until_stop
@@ -16,9 +19,11 @@ class ChatSession:
 
     The first turn is prefilled from the chat template; each later turn feeds
     only its new tokens (the previous reply's `<end_of_turn>`, the new user
-    turn and the model prompt) on top of the cached conversation, in chunks
-    whose lengths are powers of two so they reuse compiled shapes. Nothing
-    already read is read again.
+    turn and the model prompt) on top of the cached conversation, on the same
+    compiled programs as `generate` (one row of a `DecodeBatch`), so no turn
+    compiles anything. Nothing already read is read again. The cache starts
+    at the smallest capacity bucket and moves to the next one once the
+    conversation outgrows it.
 
     Args:
         causal_lm: a `GemmaCausalLM` with a preprocessor.
@@ -43,6 +48,7 @@ class ChatSession:
             raise ValueError(
                 "A chat session samples token by token; beam search is not supported here."
             )
+        self.settings = resolve_settings(self.sampler)
         self.stop_token_ids = resolve_stop_token_ids(causal_lm, stop_token_ids)
         self.messages = []
         self.reset()
@@ -50,7 +56,7 @@ class ChatSession:
     def reset(self):
         """Forgets the conversation and its cache."""
         self.messages = []
-        self._caches = None
+        self._batch = None
         self._slot = 0
         self._pending = []  # Tokens generated but not fed yet (the stop token).
         self.tokens_read = 0  # Tokens run through the model: shows cache reuse.
@@ -77,7 +83,7 @@ class ChatSession:
         if not isinstance(message, str):
             raise TypeError(f"`message` must be a string. Received: {type(message).__name__}")
         check_token_count("max_new_tokens", max_new_tokens, minimum=1)
-        if self._caches is None:
+        if self._batch is None:
             new_tokens = self.tokenizer.apply_chat_template([{"role": "user", "content": message}])
         else:
             turn = self.tokenizer.apply_chat_template(
@@ -96,40 +102,49 @@ class ChatSession:
                 "`max_length` (or call `reset()`)."
             )
         self.messages.append({"role": "user", "content": message})
-        generator = self.causal_lm.generator
-        token_ids = np.asarray([new_tokens], dtype="int32")
-        if self._caches is None:
-            hidden, self._caches = generator.chat_prefill(token_ids, self.max_length)
-        else:
-            hidden, self._caches = generator.chat_extend(
-                self._caches, token_ids, self._slot, self.max_length
-            )
-        self.tokens_read += len(new_tokens)
-        self._slot += len(new_tokens)
+        self._prepare(needed)
+        request = Request(
+            0,
+            list(new_tokens),
+            max_new_tokens,
+            self.settings,
+            resolve_seed(seed, self.sampler),
+            self.stop_token_ids,
+            reset=self._slot == 0,
+        )
+        self._batch.admit([request])
+        self.tokens_read += len(new_tokens) - 1
+        self._slot += len(new_tokens) - 1
         self._tokens.extend(int(t) for t in new_tokens)
         self._prompt_tokens = list(self._tokens)
-        result = generator.chat_decode(
-            hidden,
-            self._caches,
-            self._slot,
-            max_new_tokens,
-            self.max_length,
-            self.sampler,
-            self.stop_token_ids,
-            seed=seed,
-            stream=stream,
-        )
         if stream:
-            return self._stream_reply(result)
-        output, count, self._caches = result
-        return self._finish(list(output[0, :count]))
+            return self._stream_reply()
+        reply = []
+        while self._batch.any_active:
+            reply.extend(self._batch.run().get(0, []))
+        return self._finish(reply)
+
+    def _prepare(self, needed):
+        """A batch whose capacity holds `needed` slots (the next bucket when outgrown)."""
+        capacity = capacity_for(needed)
+        if self._batch is None:
+            custom_filter = self.sampler.custom_filter
+
+            def make_batch(rows, capacity):
+                return DecodeBatch(self.causal_lm, rows, capacity, custom_filter=custom_filter)
+
+            self.causal_lm.generator.warm(make_batch, 1, capacity)
+            self._batch = make_batch(1, capacity)
+        elif capacity > self._batch.capacity:
+            self._batch.grow(capacity)
 
     def _finish(self, tokens):
         reply = truncate_at_stop(tokens, self.stop_token_ids)
-        # Every reply token but the last was fed to the model while decoding;
-        # the last one (usually the stop token) is fed with the next turn.
-        self._slot += max(len(tokens) - 1, 0)
-        self.tokens_read += max(len(tokens) - 1, 0)
+        # The last prompt token and every reply token but the last were fed
+        # while decoding; the last one (usually the stop token) is fed with
+        # the next turn.
+        self._slot += len(tokens)
+        self.tokens_read += len(tokens)
         self._tokens.extend(int(t) for t in tokens[:-1])
         self._pending = [int(tokens[-1])] if tokens else []
         if self._pending and self._pending[0] not in self.stop_token_ids:
@@ -143,27 +158,24 @@ class ChatSession:
         """Token ids of the conversation up to the start of the last reply."""
         return list(self._prompt_tokens)
 
-    def _stream_reply(self, result):
-        """Text pieces of the reply; `result` yields tokens `[1]`, then the final tuple."""
-        final = []
+    def _stream_reply(self):
+        """Text pieces of the reply, one decode step at a time."""
+        tokens = []
 
-        def tokens():
-            for item in result:
-                if isinstance(item, tuple):
-                    final.append(item)
-                    return
-                yield int(item[0])
+        def steps():
+            while self._batch.any_active:
+                new = self._batch.run(limit=1).get(0, [])
+                tokens.extend(new)
+                yield from new
 
-        steps = tokens()
         text = IncrementalDetokenizer(self.tokenizer)
-        for token in until_stop(steps, self.stop_token_ids):
+        for token in until_stop(steps(), self.stop_token_ids):
             piece = text.add(token)
             if piece:
                 yield piece
-        for _ in steps:  # The stop token came: read on to the final caches.
+        for _ in steps():  # The stop token came: the row is already done.
             pass
-        output, count, self._caches = final[0]
-        self._finish(list(output[0, :count]))
+        self._finish(tokens)
         piece = text.flush()
         if piece:
             yield piece

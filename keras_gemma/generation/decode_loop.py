@@ -1,8 +1,11 @@
-"""The backend-neutral decode loop: its state, one step, and the loop.
+"""The two backend-neutral programs: prefill a chunk, decode a fixed number of steps.
 
-Written with `keras.ops` (`ops.while_loop` included), so JAX and TensorFlow
-compile the whole loop and PyTorch runs it as a Python loop over a traced
-step (`engine.py` decides which).
+Written with `keras.ops` (`ops.while_loop` and `ops.cond` included), so JAX
+and TensorFlow compile each into one program and PyTorch runs the decode
+loop in Python over a traced model step (`engine.py` decides which).
+Everything that varies between calls (prompt tokens, per-row slots, sampler
+settings, seeds, stop tokens, budgets) is a tensor argument, so the programs
+depend only on the shapes: rows, cache capacity, chunk length.
 """
 
 from typing import Any
@@ -10,146 +13,103 @@ from typing import NamedTuple
 
 from keras import ops
 
-from keras_gemma.generation import decoding
-from keras_gemma.generation.stopping import stop_mask
+from keras_gemma.samplers.sampling import sample
 
 
-class DecodeState(NamedTuple):
-    """What travels through the decode loop: tensors only (the caches are `KVCache`s).
+class Rows(NamedTuple):
+    """Each row's decoding state, `[R]` unless noted.
 
     Attributes:
-        step: int32 scalar. Tokens sampled so far (the next output column).
-        slot: int32 scalar. Cache slot `token` will be written to.
-        token: int32 `[b]`. The last sampled tokens.
-        caches: tuple of one `KVCache` per layer.
-        output: int32 `[b, capacity]`. The sampled tokens, column per step.
-        done: bool `[b]`. Rows that sampled a stop token.
-        seen: bool `[b, vocabulary]` (repetition penalty) or `[b, 1]` (unused).
-        padding_counts: int32 `[b]`. Each row's left padding.
+        token: int32. The next token to feed (the last prompt token, then
+            each sampled token).
+        position: int32. The slot `token` is fed at.
+        active: bool. The row is decoding (has a request, not stopped).
+        remaining: int32. Tokens the row may still sample.
+        sampling: `SamplingTensors` of the row's sampler settings.
+        stop_ids: int32 `[R, S]`, the row's stop tokens, -1 padded.
     """
 
-    step: Any
-    slot: Any
     token: Any
-    caches: Any
-    output: Any
-    done: Any
-    seen: Any
-    padding_counts: Any
+    position: Any
+    active: Any
+    remaining: Any
+    sampling: Any
+    stop_ids: Any
 
 
-class DecodeLoop:
-    """Generation for one sampler and stop set, as functions of `DecodeState`.
+def mark_seen(seen, tokens, valid):
+    """`seen` `[R, V]` with `tokens` `[R, n]` marked where `valid` `[R, n]`."""
+    rows, count = tokens.shape
+    row_index = ops.broadcast_to(ops.arange(rows, dtype="int32")[:, None], (rows, count))
+    indices = ops.stack(
+        [ops.reshape(row_index, (-1,)), ops.reshape(ops.cast(tokens, "int32"), (-1,))], axis=1
+    )
+    hits = ops.scatter(indices, ops.reshape(ops.cast(valid, "int32"), (-1,)), seen.shape)
+    return ops.logical_or(seen, hits > 0)
 
-    Args:
-        backbone: a `GemmaBackbone`.
-        sampler: a `keras_gemma.samplers.Sampler`.
-        stop_token_ids: tuple of ints.
-        total_length: cache capacity in slots.
-        capacity: length of the output buffer (max new tokens per call).
-        forward: the decode step, `forward(caches, tokens [b, 1], slot,
-            padding_counts) -> (logits [b, vocabulary], caches)`
-            (`CompiledGenerator.decode_step`).
-        pad_token_id: written after a row has stopped.
+
+def prefill(feed, caches, seen, token_ids, starts, counts, reset):
+    """Feeds one chunk `[R, C]` at per-row `starts`; returns `(caches, seen)`.
+
+    `feed(caches, token_ids, starts, counts) -> caches` is the model's part
+    (`decoding.feed`, traced on PyTorch). `reset` `[R]` clears a row's seen
+    tokens first (a new sequence in the row).
     """
+    seen = ops.where(reset[:, None], False, seen)
+    valid = ops.arange(token_ids.shape[1], dtype="int32")[None, :] < counts[:, None]
+    seen = mark_seen(seen, token_ids, valid)
+    return feed(caches, token_ids, starts, counts), seen
 
-    def __init__(
-        self, backbone, sampler, stop_token_ids, total_length, capacity, forward, pad_token_id=0
-    ):
-        self.backbone = backbone
-        self.forward = forward
-        self.sampler = sampler
-        self.stop_token_ids = tuple(int(i) for i in stop_token_ids)
-        self.total_length = total_length
-        self.capacity = capacity
-        self.pad_token_id = pad_token_id
 
-    def _sample(self, logits, seen, seed):
-        seen = seen if self.sampler.uses_seen_tokens else None
-        return ops.cast(self.sampler(logits, seed=seed, seen=seen), "int32")
+def decode_step(step_logits, caches, seen, rows, pad_token_id, custom_filter=None):
+    """Feeds each active row's token, samples its next one.
 
-    def _mark_seen(self, seen, tokens):
-        if not self.sampler.uses_seen_tokens:
-            return seen
-        return ops.logical_or(seen, ops.one_hot(tokens, self.backbone.vocabulary_size) > 0)
+    `step_logits(caches, tokens, positions, active) -> (logits, caches)` is the
+    model's part (`decoding.next_logits`, traced on PyTorch).
 
-    def seen_from_tokens(self, token_ids, padding_mask):
-        """Bool `[b, vocabulary]`: the ids present in each prompt (`[b, 1]` when unused)."""
-        batch, length = token_ids.shape
-        if not self.sampler.uses_seen_tokens:
-            return ops.zeros((batch, 1), dtype="bool")
-        rows = ops.repeat(ops.arange(batch, dtype="int32"), length)
-        indices = ops.stack([rows, ops.reshape(ops.cast(token_ids, "int32"), (-1,))], axis=1)
-        weights = ops.reshape(ops.cast(padding_mask, "float32"), (-1,))
-        counts = ops.scatter(indices, weights, (batch, self.backbone.vocabulary_size))
-        return counts > 0
+    Returns:
+        `(caches, seen, rows, new_tokens [R])`, -1 in inactive rows.
+    """
+    active = rows.active
+    seen = mark_seen(seen, rows.token[:, None], active[:, None])
+    logits, caches = step_logits(caches, rows.token, rows.position, active)
+    # The draw's counter is the new token's slot: each row's draws are its own.
+    drawn = sample(logits, rows.sampling, seen, rows.position + 1, custom_filter)
+    drawn = ops.where(active, drawn, pad_token_id)
+    stopped = ops.any(drawn[:, None] == rows.stop_ids, axis=1)
+    step = ops.cast(active, "int32")
+    remaining = rows.remaining - step
+    rows = rows._replace(
+        token=ops.where(active, drawn, rows.token),
+        position=rows.position + step,
+        active=ops.logical_and(active, ops.logical_and(ops.logical_not(stopped), remaining > 0)),
+        remaining=remaining,
+    )
+    return caches, seen, rows, ops.where(active, drawn, -1)
 
-    def empty_seen(self, batch):
-        """`seen` of a row that has read nothing yet."""
-        if not self.sampler.uses_seen_tokens:
-            return ops.zeros((batch, 1), dtype="bool")
-        return ops.zeros((batch, self.backbone.vocabulary_size), dtype="bool")
 
-    def start(self, hidden, caches, slot, seen, padding_counts, seed):
-        """State after the hidden states of the last fed token: samples token 1.
+def decode(step_logits, caches, seen, rows, limit, steps, pad_token_id, custom_filter=None):
+    """Up to `min(steps, limit)` decode steps, stopping early once no row is active.
 
-        `seed(slot)` gives the sampler's seed for the token after `slot - 1`.
-        """
-        logits = decoding.last_logits(self.backbone, hidden)
-        token = self._sample(logits, seen, seed(slot))
-        seen = self._mark_seen(seen, token)
-        output = ops.zeros((token.shape[0], self.capacity), dtype="int32")
-        output = ops.slice_update(output, (0, 0), token[:, None])
-        return DecodeState(
-            step=ops.convert_to_tensor(1, dtype="int32"),
-            slot=ops.convert_to_tensor(slot, dtype="int32"),
-            token=token,
-            caches=tuple(caches),
-            output=output,
-            done=stop_mask(token, self.stop_token_ids),
-            seen=seen,
-            padding_counts=padding_counts,
+    Returns:
+        `(caches, seen, rows, tokens [R, steps], count)`: column `i` holds
+        step `i`'s tokens (-1 where a row was inactive), `count` the steps run.
+    """
+    tokens = ops.full((rows.token.shape[0], steps), -1, dtype="int32")
+    limit = ops.minimum(ops.convert_to_tensor(limit, "int32"), steps)
+
+    # The loop variables are one tuple: every backend's `while_loop` passes
+    # them to `cond` and `body` unpacked.
+    def cond(caches, seen, rows, tokens, index):
+        return ops.logical_and(index < limit, ops.any(rows.active))
+
+    def body(caches, seen, rows, tokens, index):
+        caches, seen, rows, new = decode_step(
+            step_logits, caches, seen, rows, pad_token_id, custom_filter
         )
+        tokens = ops.slice_update(tokens, (0, index), new[:, None])
+        return caches, seen, rows, tokens, index + 1
 
-    def prefill(self, token_ids, padding_mask, seed):
-        """Left-padded prompts `[b, P]` -> the state holding the first new token."""
-        prompt_length = token_ids.shape[1]
-        padding_mask = ops.cast(padding_mask, "int32")
-        padding_counts = prompt_length - ops.sum(padding_mask, axis=1)
-        hidden, caches = decoding.prefill(self.backbone, token_ids, padding_mask, self.total_length)
-        seen = self.seen_from_tokens(token_ids, padding_mask)
-        return self.start(hidden, caches, prompt_length, seen, padding_counts, seed)
-
-    def step(self, state, seed):
-        """Feeds the last sampled token at `state.slot`, samples the next one."""
-        logits, caches = self.forward(
-            state.caches, state.token[:, None], state.slot, state.padding_counts
-        )
-        next_token = self._sample(logits, state.seen, seed(state.slot + 1))
-        next_token = ops.where(state.done, self.pad_token_id, next_token)
-        output = ops.slice_update(state.output, (0, state.step), next_token[:, None])
-        return DecodeState(
-            step=state.step + 1,
-            slot=state.slot + 1,
-            token=next_token,
-            caches=caches,
-            output=output,
-            done=ops.logical_or(state.done, stop_mask(next_token, self.stop_token_ids)),
-            seen=self._mark_seen(state.seen, next_token),
-            padding_counts=state.padding_counts,
-        )
-
-    def loop(self, state, max_new_tokens, seed):
-        """Steps until `max_new_tokens` are out or every row has stopped."""
-
-        # The loop variables are `(state,)`: every backend's `while_loop`
-        # passes them to `cond` and `body` unpacked, so each gets the state.
-        def cond(state):
-            running = ops.logical_not(ops.all(state.done))
-            return ops.logical_and(state.step < max_new_tokens, running)
-
-        def body(state):
-            return (self.step(state, seed),)
-
-        (state,) = ops.while_loop(cond, body, (state,))
-        return state
+    start = (caches, seen, rows, tokens, ops.convert_to_tensor(0, "int32"))
+    caches, seen, rows, tokens, count = ops.while_loop(cond, body, start)
+    return caches, seen, rows, tokens, count

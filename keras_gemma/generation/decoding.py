@@ -1,18 +1,14 @@
-"""The model's part of cached decoding: prefill a prompt, extend the caches.
+"""The model's part of cached decoding: feed tokens at per-row slots.
 
 Backend-neutral (`keras.ops` only). Every call here runs the layers on the
 direct path (`direct=True`: built sublayers' `call` without
 `Layer.__call__`'s bookkeeping, see `layers/layer_calls.py`). The one
-backend-specific piece, how a cache slot is written, comes in as `write_slots`
-(see `kv_cache.py` and `engine.py`).
-
-Einsum letters as in `layers/attention.py`.
+backend-specific piece, how cache entries are written, comes in as
+`write_entries` (see `kv_cache.py` and `engine.py`).
 """
 
 from keras import ops
 
-from keras_gemma.generation.kv_cache import cache_class
-from keras_gemma.generation.kv_cache import cache_lengths
 from keras_gemma.generation.kv_cache import functional_write
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.layer_calls import call_layer
@@ -20,110 +16,66 @@ from keras_gemma.layers.masks import attention_mask as build_attention_mask
 from keras_gemma.layers.tied_logits import logits_from_hidden_states
 
 
-def prefill(backbone, token_ids, padding_mask, total_length):
-    """Runs the left-padded prompt `[b, P]` and fills fresh caches.
+def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_write):
+    """Runs `token_ids` `[R, t]` on top of `caches`: row `r`'s token `i` at slot `starts[r] + i`.
+
+    Only each row's first `counts[r]` tokens are real; the others (a prefill
+    chunk's padding, rows with no request: count 0) go to the caches' trash
+    entries and their outputs mean nothing. The new tokens attend to the
+    cached slots below `starts[r]` and causally to each other.
 
     Args:
         backbone: a `GemmaBackbone`.
-        token_ids: int `[b, P]`.
-        padding_mask: `[b, P]`, 1 for real tokens (left padding).
-        total_length: int. Slots the caches are made for (prompt and new tokens).
+        caches: one `KVCache` / `RingKVCache` per layer.
+        token_ids: int32 `[R, t]`.
+        starts: int32 `[R]`.
+        counts: int32 `[R]`, each in `0..t`.
+        write_entries: see `kv_cache.py`.
 
     Returns:
-        `(hidden_states [b, P, d], caches)`, `caches` a list of one
-        `KVCache` / `RingKVCache` per layer.
+        `(hidden_states [R, t, d], caches)`.
     """
-    prompt_length = token_ids.shape[1]
-    padding_mask = ops.cast(padding_mask, "int32")
-    padding_counts = prompt_length - ops.sum(padding_mask, axis=1)  # (b,)
-    slots = ops.arange(prompt_length, dtype="int32")
-    positions = ops.maximum(slots[None, :] - padding_counts[:, None], 0)  # (b, P)
-    x = backbone.embed(token_ids, direct=True)  # (b, P, d)
-    caches = []
-    lengths = cache_lengths(backbone, total_length)
-    masks = {}  # One per window: built once, not once per layer.
-    for layer, length in zip(backbone.transformer_layers, lengths):
-        window = _window(backbone, layer)
-        if window not in masks:
-            masks[window] = build_attention_mask(slots, slots, padding_mask, window)
-        x, (key, value) = call_layer(
-            layer,
-            True,
-            x,
-            positions=positions,
-            attention_mask=masks[window],
-            return_key_value=True,
-            direct=True,
-        )
-        kind = cache_class(layer.layer_type, length, total_length)
-        caches.append(kind.from_prompt(key, value, length))
-    return call_layer(backbone.final_normalization, True, x), caches
-
-
-def extend(backbone, caches, token_ids, start, padding_counts, write_slots=functional_write):
-    """Feeds `token_ids` `[b, n]` at slots `start..start+n-1` on top of `caches`.
-
-    The new tokens attend to the cached slots and causally to each other.
-    With `n == 1` this is one decode step and each cache gets a one-slot
-    write; with `n > 1` (a chat turn) ring caches are rewritten whole.
-
-    Args:
-        backbone: a `GemmaBackbone`.
-        caches: one `KVCache` per layer (`prefill`'s).
-        token_ids: int `[b, n]`.
-        start: int or int32 scalar tensor, the slot of the first new token.
-        padding_counts: int32 `[b]`, each row's left padding.
-        write_slots: `(buffer, index, update) -> buffer`, see `kv_cache.py`.
-
-    Returns:
-        `(hidden_states [b, n, d], caches)`.
-    """
-    count = token_ids.shape[1]
-    query_slots = start + ops.arange(count, dtype="int32")  # (n,)
-    positions = query_slots[None, :] - padding_counts[:, None]  # (b, n)
-    ones = ops.ones((token_ids.shape[0], count), dtype="bool")
-    x = backbone.embed(token_ids, direct=True)  # (b, n, d)
+    length = token_ids.shape[1]
+    offsets = ops.arange(length, dtype="int32")
+    slots = starts[:, None] + offsets[None, :]  # (R, t)
+    valid = offsets[None, :] < counts[:, None]  # (R, t)
+    x = backbone.embed(token_ids, direct=True)  # (R, t, d)
     new_caches = []
-    masks = {}  # One per cache kind: built once, not once per layer.
+    masks = {}  # One per cache layout: built once, not once per layer.
     for layer, cache in zip(backbone.transformer_layers, caches):
         window = _window(backbone, layer)
         mask_key = (type(cache), window, cache.length)
         if mask_key not in masks:
             masks[mask_key] = ops.concatenate(
                 [
-                    cache.attention_mask(start, query_slots, padding_counts, window),
-                    build_attention_mask(query_slots, query_slots, ones, window),
+                    cache.attention_mask(starts, slots, window),
+                    build_attention_mask(slots, slots, valid, window),
                 ],
                 axis=-1,
-            )  # (b, n, cache + n)
+            )  # (R, t, entries + t)
         x, (key, value) = call_layer(
             layer,
             True,
             x,
-            positions=positions,
+            positions=slots,
             attention_mask=masks[mask_key],
             cache=cache.read(),
             direct=True,
         )
-        new_caches.append(cache.write(start, key, value, write_slots))
-    return call_layer(backbone.final_normalization, True, x), new_caches
+        new_caches.append(cache.write(slots, valid, key, value, write_entries))
+    return call_layer(backbone.final_normalization, True, x), tuple(new_caches)
 
 
-def next_logits(backbone, caches, tokens, slot, padding_counts, write_slots=functional_write):
-    """One decode step of the model: `tokens` `[b, 1]` fed at `slot`.
+def next_logits(backbone, caches, tokens, positions, active, write_entries=functional_write):
+    """One decode step: `tokens` `[R]` fed at `positions` `[R]` (rows where `active`).
 
     Returns:
-        `(logits [b, vocabulary] float32, caches)`, the caches (a tuple)
-        holding the new keys and values (written in place on PyTorch).
+        `(logits [R, vocabulary] float32, caches)`.
     """
-    hidden, caches = extend(backbone, caches, tokens, slot, padding_counts, write_slots)
+    counts = ops.cast(active, "int32")
+    hidden, caches = feed(backbone, caches, tokens[:, None], positions, counts, write_entries)
     logits = logits_from_hidden_states(backbone, hidden, decoding=True)[:, -1, :]
-    return logits, tuple(caches)
-
-
-def last_logits(backbone, hidden_states):
-    """Float32 logits `[b, vocabulary]` after the last position of `hidden_states`."""
-    return logits_from_hidden_states(backbone, hidden_states[:, -1:, :], decoding=True)[:, -1, :]
+    return logits, caches
 
 
 def _window(backbone, layer):

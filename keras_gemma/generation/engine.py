@@ -1,24 +1,27 @@
 """The compiled generation programs: the one module that branches on the backend.
 
-The decoding math is backend-neutral (`decoding.py`, `decode_loop.py`, written
-with `keras.ops`, `ops.while_loop` included). What differs per backend is how
-it is compiled and how a cache slot is written:
+Two programs serve all of `generate`, streaming and chat (beam search keeps
+its own): `prefill`, one chunk of `PREFILL_CHUNKS` tokens per row at per-row
+slots, and `decode`, up to `DECODE_STEPS` steps with sampling and stop
+detection inside (`decode_loop.py`). Their arguments' shapes come from a few
+buckets (rows in powers of two, cache capacity in `CAPACITIES`), and every
+setting is a tensor, so after the first call of a bucket nothing compiles
+again: not for a new prompt length, sampler setting or chat turn.
 
-- JAX: prefill, the decode loop, one decode step (streaming) and a chat-turn
-  extension are each one `jax.jit` function taking the model's variables as
-  arguments (`keras.StatelessScope`); calls whose shapes fall in the same
-  bucket reuse the executable. Cache writes are `dynamic_update_slice`, done
-  in place by XLA inside the loop.
+- JAX: each program is one `jax.jit` function taking the model's variables
+  as arguments (`keras.StatelessScope`), caches donated so XLA updates them
+  in place. The persistent compilation cache is on (`enable_compile_cache`),
+  so a new process loads the programs instead of compiling them.
 - TensorFlow: the same functions under `tf.function(jit_compile=True)`.
-- PyTorch: the loop runs eagerly under `torch.inference_mode()`, with caches
-  preallocated once and written in place (`index_copy_`): no per-token copy
-  or allocation of the caches. The model's part of a decode step (`next_logits`:
-  thousands of tensor ops) is recorded once per shape with
-  `torch.jit.trace`, variables passed as inputs, and replayed by TorchScript's
-  C++ interpreter: Python and `keras.ops` dispatch cost ~35 ms per token on a
-  2-core CPU, about as much as the arithmetic. See `_torch_traced`.
+- PyTorch: the model's part of each program (a decode step, a prefill
+  chunk: thousands of tensor ops) is recorded once per shape with
+  `torch.jit.trace`, variables passed as inputs, and replayed by
+  TorchScript's C++ interpreter; the decode loop and sampling (a few dozen
+  ops per token) run in Python under `torch.inference_mode()`, caches written
+  in place (`index_put_`).
 """
 
+import os
 import warnings
 
 import keras
@@ -26,31 +29,30 @@ import numpy as np
 from keras import ops
 from keras import tree
 
+from keras_gemma.generation import decode_loop
 from keras_gemma.generation import decoding
-from keras_gemma.generation.decode_loop import DecodeLoop
 from keras_gemma.generation.kv_cache import functional_write
 
 BACKEND = keras.config.backend()
 
+# Prefill chunk lengths: long prompts go in large chunks, the rest in small ones.
+PREFILL_CHUNKS = (32, 256)
+# Tokens a decode call may produce per row before returning to Python.
+DECODE_STEPS = 32
+# Cache capacities (slots per row); a longer conversation moves up once.
+CAPACITIES = (2048, 8192, 32768, 131072)
+# Set to "0" to keep JAX's persistent compilation cache off.
+COMPILE_CACHE_VARIABLE = "KERAS_GEMMA_COMPILE_CACHE"
 
-def _torch_write(buffer, index, update):
-    """Writes `update` `[b, n, k, h]` into entries `index..index+n-1`, in place.
 
-    `index` may be a tensor: no value is read in Python, so the write can be
-    traced (`_torch_traced`).
-    """
-    import torch
-
-    if not buffer.is_contiguous():
-        # Broadcast views (e.g. beams repeated from one prefill) share memory:
-        # materialize once; every later write is in place.
-        buffer = buffer.contiguous()
-    slots = torch.arange(update.shape[1], device=buffer.device) + index
-    buffer.index_copy_(1, slots, update)
+def _torch_write(buffer, rows, entries, update):
+    """Stores `update[r, i]` at `(rows[r, i], entries[r, i])` of `buffer`, in place."""
+    flat = (rows.reshape(-1), entries.reshape(-1))
+    buffer.index_put_(flat, update.reshape((-1,) + tuple(update.shape[2:])).to(buffer.dtype))
     return buffer
 
 
-# How a cache entry is written on this backend (`KVCache.write`).
+# How cache entries are written on this backend (`KVCache.write`).
 WRITE = _torch_write if BACKEND == "torch" else functional_write
 
 
@@ -61,13 +63,62 @@ def as_tensor(value):
     return ops.convert_to_tensor(value)
 
 
-class CompiledGenerator:
-    """Compiles and caches the generation functions of one `GemmaCausalLM`.
+def enable_compile_cache():
+    """Turns on JAX's persistent compilation cache under the package cache directory.
 
-    `compile_count` counts compilations (JAX and TensorFlow) and decode-step
-    traces (PyTorch), so tests can see that repeated calls in the same bucket
-    reuse them. `eager_fallbacks` counts PyTorch decode-step shapes that run
-    eagerly because their trace failed or disagreed with eager execution.
+    Off when `KERAS_GEMMA_COMPILE_CACHE=0`, and left alone when the user has
+    set a cache directory already. Returns the directory in use, or None.
+    """
+    if BACKEND != "jax" or os.environ.get(COMPILE_CACHE_VARIABLE, "1") == "0":
+        return None
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return jax.config.jax_compilation_cache_dir
+    root = os.environ.get("KERAS_GEMMA_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "keras_gemma"
+    )
+    directory = os.path.join(root, "jax")
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
+
+
+def chunk_plan(count):
+    """Chunk lengths that cover `count` tokens with less than one chunk of padding."""
+    small, large = PREFILL_CHUNKS
+    plan = []
+    while count > 0:
+        chunk = large if count > 4 * small else small
+        plan.append(chunk)
+        count -= chunk
+    return plan
+
+
+def capacity_for(length):
+    """The smallest capacity bucket holding `length` slots."""
+    for capacity in CAPACITIES:
+        if length <= capacity:
+            return capacity
+    raise ValueError(
+        f"A sequence of {length} tokens is longer than the largest cache ({CAPACITIES[-1]})."
+    )
+
+
+def rows_for(count):
+    """Rows of the batch that holds `count` sequences: the next power of two."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
+class CompiledGenerator:
+    """Compiles and caches the generation programs of one `GemmaCausalLM`.
+
+    `compile_count` counts compiled programs: JAX executables and TensorFlow
+    traces of our functions, PyTorch traces of the model's steps, so tests
+    can see that new prompt lengths and settings compile nothing.
+    `eager_fallbacks` counts PyTorch shapes that run eagerly because their
+    trace failed or disagreed with eager execution.
 
     Args:
         causal_lm: the model: `causal_lm.backbone` and `causal_lm.variables`
@@ -77,41 +128,29 @@ class CompiledGenerator:
     def __init__(self, causal_lm):
         self.causal_lm = causal_lm
         self._functions = {}
-        self._seed_generator = None
-        self.compile_count = 0
+        self._torch_traces = 0
         self.eager_fallbacks = 0
+        self._warm = set()
+        enable_compile_cache()
 
-    # === Seeds ===
-
-    def _seed_fn(self, rng):
-        """`slot -> seed` in the form the backend's `keras.random` takes."""
+    @property
+    def compile_count(self):
         if BACKEND == "jax":
-            import jax
-
-            return lambda slot: jax.random.fold_in(rng, slot)
-        generator = self._seed_generator
-        return lambda slot: generator
-
-    def _rng(self, seed):
-        value = np.random.randint(0, 2**31 - 1) if seed is None else int(seed)
-        if BACKEND == "jax":
-            import jax
-
-            return jax.random.PRNGKey(value)
-        if self._seed_generator is None:
-            self._seed_generator = keras.random.SeedGenerator(0)
-        state = self._seed_generator.state
-        state.assign(ops.convert_to_tensor(np.array([value, 0]), dtype=state.dtype))
-        return None
+            return sum(f.jitted._cache_size() for f in self._functions.values() if _jitted(f))
+        if BACKEND == "tensorflow":
+            functions = self._functions.values()
+            return sum(f.experimental_get_tracing_count() for f in functions if _traced_tf(f))
+        return self._torch_traces
 
     # === Compilation ===
 
-    def compiled(self, name, key, function):
+    def compiled(self, name, key, function, donate=()):
         """`function(*args)` compiled once per `(name, key)`.
 
         JAX: `function` runs under a `StatelessScope` with the variables passed
-        as arguments. TensorFlow: `tf.function(jit_compile=True)`. PyTorch: the
-        function itself, under `inference_mode`.
+        as arguments; `donate` names the positions of arguments whose buffers
+        the program may reuse. TensorFlow: `tf.function(jit_compile=True)`.
+        PyTorch: the function itself, under `inference_mode`.
         """
         cache_key = (name, key, len(self.causal_lm.variables))
         if cache_key in self._functions:
@@ -125,19 +164,16 @@ class CompiledGenerator:
                 with keras.StatelessScope(state_mapping=list(zip(variables, values))):
                     return function(*args)
 
-            jitted = jax.jit(stateless)
+            jitted = jax.jit(stateless, donate_argnums=tuple(i + 1 for i in donate))
 
             def compiled(*args):
                 return jitted([v.value for v in variables], *args)
 
-            self.compile_count += 1
+            compiled.jitted = jitted
         elif BACKEND == "tensorflow":
             import tensorflow as tf
 
-            compiled = tf.function(
-                function, jit_compile=True, reduce_retracing=True, autograph=False
-            )
-            self.compile_count += 1
+            compiled = tf.function(function, jit_compile=True, autograph=False)
         else:
             import torch
 
@@ -148,21 +184,111 @@ class CompiledGenerator:
         self._functions[cache_key] = compiled
         return compiled
 
-    def decode_step(self, total_length):
-        """`decoding.next_logits` for caches made for `total_length` tokens.
+    def step_logits(self):
+        """`(caches, tokens [R], positions [R], active [R]) -> (logits, caches)`.
 
-        `(caches, tokens [b, 1], slot, padding_counts) -> (logits, caches)`.
         JAX and TensorFlow get the plain function (it is traced inside their
         compiled loops); PyTorch gets it traced by `_torch_traced`.
         """
         backbone = self.causal_lm.backbone
 
-        def forward(caches, tokens, slot, padding_counts):
-            return decoding.next_logits(backbone, caches, tokens, slot, padding_counts, WRITE)
+        def forward(caches, tokens, positions, active):
+            return decoding.next_logits(backbone, caches, tokens, positions, active, WRITE)
 
         if BACKEND != "torch":
             return forward
-        return self._torch_traced(("decode_step", total_length), forward)
+        return self._torch_traced("decode_step", forward)
+
+    def _feed(self):
+        backbone = self.causal_lm.backbone
+
+        def feed(caches, token_ids, starts, counts):
+            return decoding.feed(backbone, caches, token_ids, starts, counts, WRITE)[1]
+
+        if BACKEND != "torch":
+            return feed
+        return self._torch_traced("prefill", feed)
+
+    # === The two programs ===
+
+    def prefill(self, caches, seen, token_ids, starts, counts, reset):
+        """Feeds a chunk `[R, C]` (NumPy) at `starts` `[R]`; returns `(caches, seen)`."""
+        feed = self._feed()
+
+        def run(caches, seen, token_ids, starts, counts, reset):
+            return decode_loop.prefill(feed, caches, seen, token_ids, starts, counts, reset)
+
+        function = self.compiled("prefill", (), run, donate=(0, 1))
+        arguments = (token_ids, starts, counts, reset)
+        return function(caches, seen, *(as_tensor(a) for a in arguments))
+
+    def decode(self, caches, seen, rows, limit, pad_token_id=0, custom_filter=None):
+        """Up to `min(DECODE_STEPS, limit)` steps; see `decode_loop.decode`.
+
+        `rows` is a `decode_loop.Rows` of NumPy arrays. Returns `(caches, seen,
+        rows, tokens, count)` with `rows`, `tokens` `[R, DECODE_STEPS]` and
+        `count` as NumPy.
+        """
+        step_logits = self.step_logits()
+        rows = tree.map_structure(as_tensor, rows)
+        limit = as_tensor(np.int32(limit))
+        if BACKEND == "torch":
+            result = self._torch_decode(
+                step_logits, caches, seen, rows, limit, pad_token_id, custom_filter
+            )
+        else:
+
+            def run(caches, seen, rows, limit):
+                return decode_loop.decode(
+                    step_logits,
+                    caches,
+                    seen,
+                    rows,
+                    limit,
+                    DECODE_STEPS,
+                    pad_token_id,
+                    custom_filter,
+                )
+
+            key = (pad_token_id, None if custom_filter is None else id(custom_filter))
+            function = self.compiled("decode", key, run, donate=(0, 1))
+            result = function(caches, seen, rows, limit)
+        caches, seen, rows, tokens, count = result
+        rows = tree.map_structure(ops.convert_to_numpy, rows)
+        return caches, seen, rows, ops.convert_to_numpy(tokens), int(ops.convert_to_numpy(count))
+
+    def _torch_decode(self, step_logits, caches, seen, rows, limit, pad_token_id, custom_filter):
+        """`decode_loop.decode` as a Python loop around the traced model step."""
+        import torch
+
+        with torch.inference_mode():
+            count = min(int(limit), DECODE_STEPS)
+            tokens = torch.full((rows.token.shape[0], DECODE_STEPS), -1, dtype=torch.int32)
+            steps = 0
+            while steps < count and bool(rows.active.any()):
+                caches, seen, rows, new = decode_loop.decode_step(
+                    step_logits, caches, seen, rows, pad_token_id, custom_filter
+                )
+                tokens[:, steps] = new
+                steps += 1
+        return caches, seen, rows, tokens, np.int32(steps)
+
+    def warm(self, make_batch, rows, capacity):
+        """Runs every program of the `(rows, capacity)` bucket once, so none compiles later.
+
+        `make_batch(rows, capacity)` gives an empty `DecodeBatch`; its rows are
+        inactive, so nothing is written but the trash entries.
+        """
+        if (rows, capacity, len(self.causal_lm.variables)) in self._warm:
+            return
+        batch = make_batch(rows, capacity)
+        for _ in range(2 if BACKEND == "torch" else 1):  # PyTorch checks a trace on call 2.
+            for chunk in PREFILL_CHUNKS:
+                batch.feed_chunk(np.zeros((rows, chunk), "int32"), np.zeros((rows,), "int32"))
+            batch.run(limit=1)
+        self._warm.add((rows, capacity, len(self.causal_lm.variables)))
+
+    # === PyTorch traces ===
 
     def _torch_traced(self, name, function):
         """`function(*args)` recorded with `torch.jit.trace`, once per input shape.
@@ -176,15 +302,14 @@ class CompiledGenerator:
         structures (`KVCache`s): the trace sees them flattened to tensors.
 
         A trace is only exact if `function` never reads a tensor's value in
-        Python. `next_logits` does not: JAX compiles the same function with
-        caches, tokens, slot and padding counts all traced, where such a read
-        raises. As a check on this backend, the call after tracing (new
-        inputs) runs the trace on copies of its inputs beside the eager
-        function on the real ones; unless both give the same outputs, the
-        shape stays eager. Anything that fails to trace also runs eagerly.
-        `function` must be safe to run twice on the same inputs: tracing runs
-        it once, then it runs eagerly (a decode step rewrites the same cache
-        slot with the same values).
+        Python. The model's steps do not: JAX compiles the same functions
+        with every argument traced, where such a read raises. As a check on
+        this backend, the call after tracing (new inputs) runs the trace on
+        copies of its inputs beside the eager function on the real ones;
+        unless both give the same outputs, the shape stays eager. Anything
+        that fails to trace also runs eagerly. `function` must be safe to run
+        twice on the same inputs: tracing runs it once, then it runs eagerly
+        (a step rewrites the same cache entries with the same values).
         """
         import torch
 
@@ -219,7 +344,7 @@ class CompiledGenerator:
             except Exception:  # noqa: BLE001 - whatever the reason, eager is exact.
                 self.eager_fallbacks += 1
                 return function
-            self.compile_count += 1
+            self._torch_traces += 1
             structure = results[0]
 
             def replay(*args):
@@ -259,185 +384,10 @@ class CompiledGenerator:
 
         return call
 
-    def _loop(self, sampler, stop_token_ids, total_length, capacity, pad_token_id):
-        forward = self.decode_step(total_length)
-        backbone = self.causal_lm.backbone
-        return DecodeLoop(
-            backbone, sampler, stop_token_ids, total_length, capacity, forward, pad_token_id
-        )
 
-    # === Entry points ===
-
-    def _prompt_loop(self, token_ids, total_length, sampler, stop_token_ids, pad_token_id):
-        """`(loop, key)` for left-padded prompts `[b, P]`: output room for every new token."""
-        capacity = total_length - token_ids.shape[1] + 1
-        loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
-        key = (token_ids.shape, total_length, sampler.cache_key(), loop.stop_token_ids)
-        return loop, key + (pad_token_id,)
-
-    def generate(
-        self,
-        token_ids,
-        padding_mask,
-        max_new_tokens,
-        total_length,
-        sampler,
-        stop_token_ids,
-        seed=None,
-        pad_token_id=0,
-    ):
-        """Left-padded prompts `[b, P]` -> `(new tokens [b, capacity], count)`."""
-        loop, key = self._prompt_loop(
-            token_ids, total_length, sampler, stop_token_ids, pad_token_id
-        )
-        rng = self._rng(seed)
-
-        def run(token_ids, padding_mask, max_new_tokens, rng):
-            seed_fn = self._seed_fn(rng)
-            state = loop.prefill(token_ids, padding_mask, seed_fn)
-            state = loop.loop(state, max_new_tokens, seed_fn)
-            return state.output, state.step
-
-        function = self.compiled("generate", key, run)
-        output, steps = function(
-            as_tensor(token_ids), as_tensor(padding_mask), as_tensor(np.int32(max_new_tokens)), rng
-        )
-        return ops.convert_to_numpy(output), int(ops.convert_to_numpy(steps))
-
-    def stream(
-        self,
-        token_ids,
-        padding_mask,
-        max_new_tokens,
-        total_length,
-        sampler,
-        stop_token_ids,
-        seed=None,
-        pad_token_id=0,
-    ):
-        """Yields each step's new tokens `[b]` as NumPy, as soon as they exist."""
-        loop, key = self._prompt_loop(
-            token_ids, total_length, sampler, stop_token_ids, pad_token_id
-        )
-        rng = self._rng(seed)
-
-        def prefill(token_ids, padding_mask, rng):
-            return loop.prefill(token_ids, padding_mask, self._seed_fn(rng))
-
-        def step(state, rng):
-            return loop.step(state, self._seed_fn(rng))
-
-        prefill_function = self.compiled("stream_prefill", key, prefill)
-        step_function = self.compiled("stream_step", key, step)
-        state = prefill_function(as_tensor(token_ids), as_tensor(padding_mask), rng)
-        yield from self._step_tokens(state, step_function, max_new_tokens, rng)
-
-    def _step_tokens(self, state, step_function, max_new_tokens, rng):
-        """Yields each step's tokens `[b]`; returns the last state."""
-        for _ in range(max_new_tokens):
-            yield ops.convert_to_numpy(state.token)
-            finished = ops.convert_to_numpy(state.done).all()
-            if finished or int(ops.convert_to_numpy(state.step)) >= max_new_tokens:
-                break
-            state = step_function(state, rng)
-        return state
-
-    # === Chat: caches kept across calls ===
-
-    def chat_prefill(self, token_ids, total_length):
-        """Runs a first turn `[1, n]` (no padding); returns `(hidden_last, caches)`."""
-        length = token_ids.shape[1]
-
-        def run(token_ids):
-            mask = ops.ones_like(token_ids)
-            hidden, caches = decoding.prefill(
-                self.causal_lm.backbone, token_ids, mask, total_length
-            )
-            return hidden[:, -1:, :], tuple(caches)
-
-        return self.compiled("chat_prefill", (length, total_length), run)(as_tensor(token_ids))
-
-    def chat_extend(self, caches, token_ids, slot, total_length):
-        """Feeds `[1, n]` tokens at `slot` on top of `caches`.
-
-        The turn is fed in chunks whose lengths are powers of two, so every
-        turn length reuses at most `log2(n)` compiled shapes.
-        """
-        hidden = None
-        position = 0
-        length = token_ids.shape[1]
-        padding_counts = np.zeros((token_ids.shape[0],), dtype="int32")
-        backbone = self.causal_lm.backbone
-
-        def run(caches, chunk_ids, slot, padding_counts):
-            hidden, new_caches = decoding.extend(
-                backbone, caches, chunk_ids, slot, padding_counts, WRITE
-            )
-            return hidden[:, -1:, :], tuple(new_caches)
-
-        while position < length:
-            chunk = 1 << ((length - position).bit_length() - 1)
-            function = self.compiled("chat_extend", (chunk, total_length), run)
-            chunk_ids = token_ids[:, position : position + chunk]
-            hidden, caches = function(
-                caches,
-                as_tensor(chunk_ids),
-                as_tensor(np.int32(slot + position)),
-                as_tensor(padding_counts),
-            )
-            position += chunk
-        return hidden, caches
-
-    def chat_decode(
-        self,
-        hidden,
-        caches,
-        slot,
-        max_new_tokens,
-        total_length,
-        sampler,
-        stop_token_ids,
-        seed=None,
-        pad_token_id=0,
-        stream=False,
-    ):
-        """Samples a reply after `hidden` (the last fed token at `slot - 1`).
-
-        Returns `(tokens [1, capacity], count, caches)`, or with `stream=True`
-        yields each token `[1]` and finally that tuple.
-        """
-        capacity = max_new_tokens
-        loop = self._loop(sampler, stop_token_ids, total_length, capacity, pad_token_id)
-        rng = self._rng(seed)
-        key = (total_length, capacity, sampler.cache_key(), loop.stop_token_ids, pad_token_id)
-        padding_counts = np.zeros((1,), dtype="int32")
-
-        def start(hidden, caches, slot, padding_counts, rng):
-            seen = loop.empty_seen(1)
-            return loop.start(hidden, caches, slot, seen, padding_counts, self._seed_fn(rng))
-
-        def run(state, max_new_tokens, rng):
-            return loop.loop(state, max_new_tokens, self._seed_fn(rng))
-
-        def step(state, rng):
-            return loop.step(state, self._seed_fn(rng))
-
-        start_function = self.compiled("chat_start", key, start)
-        state = start_function(
-            hidden, caches, as_tensor(np.int32(slot)), as_tensor(padding_counts), rng
-        )
-        if not stream:
-            run_function = self.compiled("chat_loop", key, run)
-            state = run_function(state, as_tensor(np.int32(max_new_tokens)), rng)
-            return _reply(state)
-        return self._chat_stream(state, self.compiled("chat_step", key, step), max_new_tokens, rng)
-
-    def _chat_stream(self, state, step_function, max_new_tokens, rng):
-        state = yield from self._step_tokens(state, step_function, max_new_tokens, rng)
-        yield _reply(state)
+def _jitted(function):
+    return hasattr(function, "jitted")
 
 
-def _reply(state):
-    """`(tokens [b, capacity], count, caches)` of a finished chat reply."""
-    output = ops.convert_to_numpy(state.output)
-    return output, int(ops.convert_to_numpy(state.step)), state.caches
+def _traced_tf(function):
+    return hasattr(function, "experimental_get_tracing_count")

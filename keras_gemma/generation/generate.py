@@ -9,16 +9,19 @@ text. `GemmaCausalLM.generate` and `score` call `generate` and `score` here.
 from keras import ops
 
 from keras_gemma import samplers as sampler_lib
+from keras_gemma.generation.batch import DecodeBatch
+from keras_gemma.generation.batch import Request
 from keras_gemma.generation.beam_search import beam_search
 from keras_gemma.generation.detokenizer import IncrementalDetokenizer
-from keras_gemma.generation.prompts import bucket_new_tokens
-from keras_gemma.generation.prompts import bucket_prompt_length
+from keras_gemma.generation.engine import capacity_for
+from keras_gemma.generation.engine import rows_for
 from keras_gemma.generation.prompts import check_prompts
-from keras_gemma.generation.prompts import left_pad
 from keras_gemma.generation.prompts import new_token_budget
 from keras_gemma.generation.prompts import prompt_ids
 from keras_gemma.generation.prompts import right_pad
 from keras_gemma.generation.prompts import tokenizer_of
+from keras_gemma.generation.settings import resolve_seed
+from keras_gemma.generation.settings import resolve_settings
 from keras_gemma.generation.stopping import resolve_stop_token_ids
 from keras_gemma.generation.stopping import truncate_at_stop
 from keras_gemma.generation.stopping import until_stop
@@ -36,6 +39,7 @@ def generate(
     stream=False,
     sampler=None,
     seed=None,
+    **sampling,
 ):
     """Generates after one prompt or a batch of prompts; see `GemmaCausalLM.generate`.
 
@@ -44,12 +48,16 @@ def generate(
             `generator` are used.
         inputs, max_length, max_new_tokens, stop_token_ids, strip_prompt,
         stream, sampler, seed: as in `GemmaCausalLM.generate`.
+        **sampling: `temperature`, `top_k`, `top_p`, `min_p`,
+            `repetition_penalty`, as in `GemmaCausalLM.generate`.
 
     Returns:
         Text (or a dict of token ids) as `GemmaCausalLM.generate` documents;
         an iterator of pieces with `stream=True`.
     """
     sampler = causal_lm.sampler if sampler is None else sampler_lib.get(sampler)
+    settings = resolve_settings(sampler, **sampling)
+    seed = resolve_seed(seed, sampler)
     prompts, is_text_input, single = prompt_ids(causal_lm, inputs)
     check_prompts(prompts, causal_lm.backbone.vocabulary_size)
     budget = new_token_budget(prompts, max_length, max_new_tokens)
@@ -61,30 +69,45 @@ def generate(
             )
         new_tokens = beam_search(causal_lm, prompts, budget, sampler, stops, PAD_TOKEN_ID)
         return _format(causal_lm, prompts, new_tokens, is_text_input, single, strip_prompt)
-
-    prompt_length = bucket_prompt_length(max(len(p) for p in prompts))
-    total_length = prompt_length + bucket_new_tokens(budget)
-    token_ids, padding_mask = left_pad(prompts, prompt_length, PAD_TOKEN_ID)
-    if stream:
-        if len(prompts) != 1:
-            raise ValueError(f"`stream=True` takes one prompt; received {len(prompts)}.")
-        arrays = (token_ids, padding_mask, budget, total_length, sampler, stops, seed)
-        return _stream(causal_lm, prompts[0], arrays, strip_prompt, is_text_input)
+    if stream and len(prompts) != 1:
+        raise ValueError(f"`stream=True` takes one prompt; received {len(prompts)}.")
     if budget == 0:
-        new_tokens = [[] for _ in prompts]
-    else:
-        output, count = causal_lm.generator.generate(
-            token_ids,
-            padding_mask,
-            budget,
-            total_length,
-            sampler,
-            stops,
-            seed=seed,
-            pad_token_id=PAD_TOKEN_ID,
+        if stream:
+            return iter(())
+        return _format(
+            causal_lm, prompts, [[] for _ in prompts], is_text_input, single, strip_prompt
         )
-        new_tokens = [truncate_at_stop(row[:count], stops) for row in output]
+    batch = start_batch(causal_lm, prompts, budget, settings, seed, stops, sampler.custom_filter)
+    if stream:
+        return _stream(causal_lm, prompts[0], batch, stops, strip_prompt, is_text_input)
+    new_tokens = [[] for _ in prompts]
+    while batch.any_active:
+        for row, tokens in batch.run().items():
+            new_tokens[row].extend(tokens)
+    new_tokens = [truncate_at_stop(row, stops) for row in new_tokens]
     return _format(causal_lm, prompts, new_tokens, is_text_input, single, strip_prompt)
+
+
+def start_batch(causal_lm, prompts, budget, settings, seed, stops, custom_filter=None):
+    """A `DecodeBatch` with one row per prompt, prompts prefilled, ready to `run`.
+
+    Row `i` samples with seed `seed + i`, so a prompt's output does not depend
+    on the prompts batched with it.
+    """
+    rows = rows_for(len(prompts))
+    capacity = capacity_for(max(len(p) for p in prompts) + budget)
+
+    def make_batch(rows, capacity):
+        return DecodeBatch(causal_lm, rows, capacity, PAD_TOKEN_ID, custom_filter)
+
+    causal_lm.generator.warm(make_batch, rows, capacity)
+    batch = make_batch(rows, capacity)
+    requests = [
+        Request(row, prompt, budget, settings, (seed + row) % (2**31), stops)
+        for row, prompt in enumerate(prompts)
+    ]
+    batch.admit(requests)
+    return batch
 
 
 def _format(causal_lm, prompts, new_tokens, is_text_input, single, strip_prompt):
@@ -99,25 +122,20 @@ def _format(causal_lm, prompts, new_tokens, is_text_input, single, strip_prompt)
     return {"token_ids": token_ids, "padding_mask": padding_mask}
 
 
-def _stream(causal_lm, prompt, arrays, strip_prompt, is_text_input):
-    """Yields text pieces (or single-token id lists for id inputs) as decoded.
-
-    `arrays` is `(token_ids, padding_mask, budget, total_length, sampler,
-    stops, seed)`, as `CompiledGenerator.stream` takes them.
-    """
-    token_ids, padding_mask, budget, total_length, sampler, stops, seed = arrays
-    if budget == 0:
-        return
+def _stream(causal_lm, prompt, batch, stops, strip_prompt, is_text_input):
+    """Yields text pieces (or single-token id lists for id inputs) as decoded."""
     text = None
     if is_text_input:
         prefix = [] if strip_prompt else prompt
         text = IncrementalDetokenizer(tokenizer_of(causal_lm), prefix=prefix)
         if not strip_prompt:
             yield text.emitted
-    steps = causal_lm.generator.stream(
-        token_ids, padding_mask, budget, total_length, sampler, stops, seed=seed
-    )
-    for token in until_stop((tokens[0] for tokens in steps), stops):
+
+    def tokens():
+        while batch.any_active:
+            yield from batch.run(limit=1).get(0, [])
+
+    for token in until_stop(tokens(), stops):
         if text is None:
             yield [token]
             continue

@@ -1,22 +1,28 @@
-"""Per-layer key/value caches: preallocated buffers with `write` and `read`.
+"""Per-layer key/value caches whose rows sit at their own positions.
 
-Layout. Prompts are left-padded to a bucket length `P`, so every row's last
-prompt token sits in slot `P - 1` and all rows decode in lockstep; each row's
-RoPE position is its slot minus its padding count. Each layer owns one cache
-of keys and values, each `[batch, cache_length, kv_heads, head_dim]`:
+Each row of a batch is one sequence; its tokens occupy slots 0, 1, 2, ...
+(the slot is the RoPE position: nothing is padded on the left), and each row
+has its own next slot, so rows at different positions decode together. Each
+layer owns one cache of keys and values, each `[rows, entries, kv_heads,
+head_dim]`:
 
-- `KVCache`: `total_length` entries, slot `s` at entry `s` (full-attention
-  layers, and sliding layers whose window covers the whole sequence).
-- `RingKVCache`: `sliding_window_size` entries, slot `s` at entry
-  `s % cache_length` (sliding-window layers): a sliding layer keeps only
-  its window.
+- `KVCache`: `capacity + 1` entries, slot `s` at entry `s` (full-attention
+  layers, and sliding layers whose window covers the capacity).
+- `RingKVCache`: `window + 1` entries, slot `s` at entry `s % window`
+  (sliding-window layers keep only their window).
 
-Nothing is re-stacked or copied per token: a one-token write goes through a
-`write_slots(buffer, index, update)` function, `ops.slice_update` by default
-(XLA does it in place inside JAX / TensorFlow loops); the engine passes an
-in-place write on PyTorch. Caches are `NamedTuple`s of two tensors, so they
-travel through `ops.while_loop`, `jax.jit` and `tf.function` as they are;
-their class (full or ring) is part of the structure, never a tensor.
+The last entry of either is a trash entry: writes that must not land (the
+padding of a prefill chunk, rows with no request) go there, and no query
+ever sees it. So a write never needs a branch, and a row can be reused by a
+new request without clearing: a sequence's entries are valid only below its
+next slot, which restarts at 0.
+
+A write stores `[rows, n]` new keys at per-row slots through a
+`write_entries(buffer, rows, entries, update)` function: `ops.scatter_update`
+by default; the engine passes an in-place write on PyTorch. Caches are
+`NamedTuple`s of two tensors, so they travel through `ops.while_loop`,
+`jax.jit` and `tf.function` as they are; their class (full or ring) is part
+of the structure, never a tensor.
 """
 
 from typing import Any
@@ -28,16 +34,19 @@ from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.masks import attention_mask as build_attention_mask
 
 
-def functional_write(buffer, index, update):
-    """`buffer` `[b, cache, k, h]` with `update` `[b, n, k, h]` at entries `index..index+n-1`."""
-    return ops.slice_update(buffer, (0, index, 0, 0), update)
+def functional_write(buffer, rows, entries, update):
+    """`buffer` `[R, E, k, h]` with `update[r, i]` stored at `(rows[r, i], entries[r, i])`."""
+    count = rows.shape[0] * rows.shape[1]
+    indices = ops.stack([ops.reshape(rows, (count,)), ops.reshape(entries, (count,))], axis=1)
+    updates = ops.reshape(update, (count,) + tuple(update.shape[2:]))
+    return ops.scatter_update(buffer, indices, ops.cast(updates, buffer.dtype))
 
 
 class KVCache(NamedTuple):
-    """One layer's keys and values; slot `s` lives at entry `s`.
+    """One layer's keys and values; slot `s` lives at entry `s`, the last entry is trash.
 
     Attributes:
-        key: `[batch, cache_length, kv_heads, head_dim]`.
+        key: `[rows, entries, kv_heads, head_dim]`.
         value: same shape as `key`.
     """
 
@@ -46,49 +55,48 @@ class KVCache(NamedTuple):
 
     @property
     def length(self):
-        """Entries held (static)."""
+        """Entries held, the trash entry included (static)."""
         return self.key.shape[1]
 
+    @property
+    def trash(self):
+        return self.length - 1
+
     @classmethod
-    def from_prompt(cls, key, value, cache_length):
-        """A cache of `cache_length` entries holding `key`, `value` `[b, P, k, h]` at 0..P-1."""
-        pad = [[0, 0], [0, cache_length - key.shape[1]], [0, 0], [0, 0]]
-        return cls(ops.pad(key, pad), ops.pad(value, pad))
+    def empty(cls, rows, entries, kv_heads, head_dim, dtype):
+        """A cache of `entries` slots (plus the trash entry), zeros."""
+        shape = (rows, entries + 1, kv_heads, head_dim)
+        return cls(ops.zeros(shape, dtype=dtype), ops.zeros(shape, dtype=dtype))
 
     def read(self):
-        """`(key, value)`, each `[batch, cache_length, kv_heads, head_dim]`."""
+        """`(key, value)`, each `[rows, entries, kv_heads, head_dim]`."""
         return self.key, self.value
 
-    def write(self, start, key, value, write_slots=functional_write):
-        """The cache with `key`, `value` `[b, n, k, h]` stored at slots `start..start+n-1`.
+    def entries_of(self, slots):
+        return slots
 
-        `start` may be a tensor. `write_slots(buffer, index, update)` does
-        the storing (in place on PyTorch).
+    def write(self, slots, valid, key, value, write_entries=functional_write):
+        """The cache with `key`, `value` `[R, n, k, h]` at `slots` `[R, n]` where `valid`.
+
+        Invalid tokens go to the trash entry.
         """
-        return type(self)(write_slots(self.key, start, key), write_slots(self.value, start, value))
+        entries = ops.where(valid, self.entries_of(slots), self.trash)
+        rows = ops.broadcast_to(ops.arange(slots.shape[0], dtype="int32")[:, None], slots.shape)
+        return type(self)(
+            write_entries(self.key, rows, entries, key),
+            write_entries(self.value, rows, entries, value),
+        )
 
-    def slots(self, next_slot):
-        """Absolute slot held by each entry `[cache_length]` when `next_slot` is next.
+    def slots(self, next_slots):
+        """Slot held by each entry `[R, entries]` when `next_slots` `[R]` is next; -1 if none."""
+        entries = ops.arange(self.length, dtype="int32")[None, :]
+        held = ops.logical_and(entries < next_slots[:, None], entries < self.trash)
+        return ops.where(held, entries, -1)
 
-        Entries that were never written get a negative slot.
-        """
-        entries = ops.arange(self.length, dtype="int32")
-        return ops.where(entries < next_slot, entries, -1)
-
-    def attention_mask(self, next_slot, query_slots, padding_counts, window=None):
-        """Bool `[b, t, cache_length]`: may each query see each entry.
-
-        Args:
-            next_slot: the slot the first query will be written to.
-            query_slots: int `[t]`, the queries' slots.
-            padding_counts: int `[b]`, each row's left padding.
-            window: the sliding window, or None.
-        """
-        cache_slots = self.slots(next_slot)  # (cache,)
-        valid = ops.logical_and(
-            cache_slots[None, :] >= 0, cache_slots[None, :] >= padding_counts[:, None]
-        )  # (b, cache)
-        return build_attention_mask(query_slots, cache_slots, valid, window)
+    def attention_mask(self, next_slots, query_slots, window=None):
+        """Bool `[R, t, entries]`: may each query (at `query_slots` `[R, t]`) see each entry."""
+        cache_slots = self.slots(next_slots)  # (R, entries)
+        return build_attention_mask(query_slots, cache_slots, cache_slots >= 0, window)
 
     def map(self, function):
         """The cache with `function` applied to keys and values (e.g. reordering rows)."""
@@ -96,71 +104,75 @@ class KVCache(NamedTuple):
 
 
 class RingKVCache(KVCache):
-    """A sliding-window layer's cache: slot `s` lives at entry `s % cache_length`."""
+    """A sliding-window layer's cache: slot `s` lives at entry `s % window`."""
 
     __slots__ = ()
 
-    @classmethod
-    def from_prompt(cls, key, value, cache_length):
-        """A ring of `cache_length` entries holding the prompt's last slots."""
-        shape = (key.shape[0], cache_length) + tuple(key.shape[2:])
-        empty = ops.zeros(shape, dtype=key.dtype)
-        return cls(_ring_write(empty, key, 0), _ring_write(empty, value, 0))
+    @property
+    def window(self):
+        return self.length - 1
 
-    def write(self, start, key, value, write_slots=functional_write):
-        """As `KVCache.write`; one token is one `write_slots`, more rewrite the ring."""
-        if key.shape[1] == 1:
-            index = start % self.length
-            return RingKVCache(
-                write_slots(self.key, index, key), write_slots(self.value, index, value)
-            )
-        return RingKVCache(_ring_write(self.key, key, start), _ring_write(self.value, value, start))
+    def entries_of(self, slots):
+        return slots % self.window
 
-    def slots(self, next_slot):
-        last = next_slot - 1
-        entries = ops.arange(self.length, dtype="int32")
-        return last - ((last - entries) % self.length)
+    def write(self, slots, valid, key, value, write_entries=functional_write):
+        # Of a chunk longer than the ring only the last `window` tokens survive:
+        # the others would share entries with them.
+        last = ops.max(ops.where(valid, slots, -1), axis=1, keepdims=True)
+        valid = ops.logical_and(valid, slots > last - self.window)
+        return super().write(slots, valid, key, value, write_entries)
 
-
-def _ring_write(buffer, new, start):
-    """Writes `new` `[b, n, k, h]` into ring `buffer` at slots `start..start+n-1`.
-
-    Multi-token writes (prefill, chat turns); `start` may be a tensor.
-    """
-    ring_length = buffer.shape[1]
-    count = new.shape[1]
-    if count >= ring_length:
-        # Only the last `ring_length` tokens survive; slot s goes to s % ring_length.
-        tail = new[:, count - ring_length :]
-        shift = (start + count - ring_length) % ring_length
-        return ops.roll(tail, shift, axis=1)
-    padded = ops.pad(new, [[0, 0], [0, ring_length - count], [0, 0], [0, 0]])
-    rolled = ops.roll(padded, start % ring_length, axis=1)
-    entries = ops.arange(ring_length, dtype="int32")
-    written = ((entries - start) % ring_length) < count  # (ring,)
-    return ops.where(written[None, :, None, None], rolled, buffer)
+    def slots(self, next_slots):
+        last = next_slots[:, None] - 1  # (R, 1)
+        entries = ops.arange(self.length, dtype="int32")[None, :]
+        held = last - ((last - entries) % self.window)
+        return ops.where(ops.logical_and(held >= 0, entries < self.trash), held, -1)
 
 
-def cache_lengths_for_config(config, total_length):
-    """Entries each layer's cache holds for sequences of `total_length`."""
+def cache_entries_for_config(config, capacity):
+    """Entries (trash excluded) each layer's cache holds for sequences of `capacity` slots."""
     window = config["sliding_window_size"]
     return [
-        min(window, total_length) if layer_type == SLIDING_ATTENTION else total_length
+        min(window, capacity) if layer_type == SLIDING_ATTENTION else capacity
         for layer_type in config["layer_types"]
     ]
 
 
-def cache_lengths(backbone, total_length):
-    """`cache_lengths_for_config` of a backbone."""
-    config = {
-        "sliding_window_size": backbone.sliding_window_size,
-        "layer_types": backbone.layer_types,
-    }
-    return cache_lengths_for_config(config, total_length)
+def _layout(backbone, capacity):
+    """`(cache class, entries)` of each layer for sequences of `capacity` slots."""
+    window = backbone.sliding_window_size
+    layout = []
+    for layer in backbone.transformer_layers:
+        ring = layer.layer_type == SLIDING_ATTENTION and window < capacity
+        layout.append((RingKVCache, window) if ring else (KVCache, capacity))
+    return layout
 
 
-def cache_class(layer_type, cache_length, total_length):
-    """`RingKVCache` for a sliding layer whose window is shorter than the sequence."""
-    if layer_type == SLIDING_ATTENTION and cache_length < total_length:
-        return RingKVCache
-    return KVCache
+def empty_caches(backbone, rows, capacity, dtype):
+    """One empty cache per layer of `backbone` for `rows` sequences of `capacity` slots."""
+    caches = []
+    for layer, (kind, entries) in zip(backbone.transformer_layers, _layout(backbone, capacity)):
+        attention = layer.attention
+        heads, head_dim = attention.num_key_value_heads, attention.head_dim
+        caches.append(kind.empty(rows, entries, heads, head_dim, dtype))
+    return tuple(caches)
+
+
+def grow(backbone, caches, capacity):
+    """`caches` holding the same slots, laid out for sequences of `capacity` slots.
+
+    Full caches get longer; a sliding layer's full cache becomes a ring once
+    the capacity passes its window (slot `s < window` sits at the same entry
+    in both); rings stay as they are.
+    """
+    grown = []
+    for cache, (kind, entries) in zip(caches, _layout(backbone, capacity)):
+        extra = entries + 1 - cache.length
+
+        def pad(buffer, extra=extra):
+            # Slots keep their entries; the trash entry moves to the new end.
+            shape = (buffer.shape[0], extra) + tuple(buffer.shape[2:])
+            return ops.concatenate([buffer, ops.zeros(shape, buffer.dtype)], axis=1)
+
+        grown.append(kind(*cache.map(pad)) if extra > 0 else cache)
+    return tuple(grown)

@@ -148,13 +148,20 @@ class GemmaCausalLM(keras.Model):
         stream=False,
         sampler=None,
         seed=None,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        min_p=None,
+        repetition_penalty=None,
     ):
         """Generates text (or token ids) after one prompt or a batch of prompts.
 
-        Prompts of different lengths are left-padded to a length bucket and
-        decoded together with per-layer KV caches (sliding-window layers keep
-        a ring of `sliding_window_size` slots). The compiled function is reused
-        by every call whose shapes fall in the same bucket.
+        Prompts of different lengths decode together, each row at its own
+        position, with per-layer KV caches (sliding-window layers keep a ring
+        of `sliding_window_size` slots). Two compiled programs (a prefill
+        chunk and a decode loop) serve every prompt length and sampler
+        setting of a batch-size and cache-capacity bucket, so after the first
+        call nothing compiles (`generation/engine.py`).
 
         Args:
             inputs: a string, a list of strings, or a dict with "token_ids" and
@@ -171,7 +178,24 @@ class GemmaCausalLM(keras.Model):
                 decoded (one prompt only).
             sampler: a sampler name or instance; defaults to the one given to
                 `compile()` (greedy).
-            seed: int. Makes sampling reproducible.
+            seed: int. Makes sampling reproducible (prompt `i` of a batch
+                samples with `seed + i`). Defaults to the sampler's own seed,
+                else a random one.
+            temperature: float >= 0, for this call (0: greedy). HF
+                transformers' keywords: given any of `temperature > 0`,
+                `top_k`, `top_p` or `min_p`, a greedy sampler samples (at
+                temperature 1 unless given).
+            top_k: int >= 0. Sample among the `top_k` most likely (0: off).
+            top_p: float in (0, 1]. Nucleus sampling over the top-k
+                survivors (1: off).
+            min_p: float in [0, 1]. Keep tokens at least `min_p` times as
+                likely as the most likely one (0: off).
+            repetition_penalty: float > 0. HF's (CTRL) penalty on tokens
+                already in the sequence, prompt included (1: off).
+
+        Without `max_length` or `max_new_tokens`, 64 new tokens: keras-hub
+        instead fills its preprocessor's `sequence_length`; a fixed default
+        here keeps the cost of a call independent of the preprocessor.
 
         Returns:
             A string (or list of strings) for string inputs; for dict inputs a
@@ -189,6 +213,11 @@ class GemmaCausalLM(keras.Model):
             stream=stream,
             sampler=sampler,
             seed=seed,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
         )
 
     def chat_session(self, max_length=4096, sampler=None, stop_token_ids="auto"):

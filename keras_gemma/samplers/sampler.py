@@ -1,9 +1,17 @@
-"""Samplers: pick the next token from logits, inside compiled decoding loops."""
+"""Samplers: pick the next token from logits, inside compiled decoding loops.
+
+A sampler is a set of settings. Generation turns it into per-row tensors
+(`sampling_settings()`, see `sampling.py`), so one compiled program serves
+every sampler; only a user's subclass with its own `filter_logits` is
+compiled into the program.
+"""
 
 import numbers
 
-import keras
+import numpy as np
 from keras import ops
+
+from keras_gemma.samplers import sampling
 
 # Logit given to tokens a sampler rules out.
 EXCLUDED_LOGIT = -1e9
@@ -20,10 +28,13 @@ class Sampler:
     Args:
         temperature: float > 0. Logits are divided by it.
         repetition_penalty: float > 0. 1.0 disables it.
+        seed: optional int. The seed `generate` uses when it is given none,
+            so a sampler built with a seed samples reproducibly (keras-hub's
+            `TopKSampler(k=5, seed=2)`).
 
     Call arguments:
         logits: float32 `[batch, vocabulary]`.
-        seed: a seed for `keras.random` (backend key, int or SeedGenerator).
+        seed: optional int; row `i` draws with counter `i` (see `sampling.py`).
         seen: optional bool `[batch, vocabulary]`, tokens already in the sequence.
 
     Returns:
@@ -32,11 +43,12 @@ class Sampler:
 
     is_greedy = False
 
-    def __init__(self, temperature=1.0, repetition_penalty=1.0):
+    def __init__(self, temperature=1.0, repetition_penalty=1.0, seed=None):
         _check_positive("temperature", temperature)
         _check_positive("repetition_penalty", repetition_penalty)
         self.temperature = float(temperature)
         self.repetition_penalty = float(repetition_penalty)
+        self.seed = check_seed(seed)
 
     @property
     def uses_seen_tokens(self):
@@ -55,27 +67,80 @@ class Sampler:
     def filter_logits(self, logits):
         return logits / self.temperature
 
-    def __call__(self, logits, seed=None, seen=None):
-        logits = self.apply_repetition_penalty(ops.cast(logits, "float32"), seen)
-        if self.is_greedy:
-            return ops.cast(ops.argmax(logits, axis=-1), "int32")
-        logits = self.filter_logits(logits)
-        samples = keras.random.categorical(logits, 1, seed=seed, dtype="int32")
-        return samples[:, 0]
-
-    def get_config(self):
+    def settings(self):
+        """The runtime settings `generate` passes for this sampler (see `sampling.py`)."""
         return {
-            "temperature": self.temperature,
+            "temperature": 0.0 if self.is_greedy else self.temperature,
+            "top_k": 0,
+            "top_p": 1.0,
+            "min_p": 0.0,
             "repetition_penalty": self.repetition_penalty,
         }
 
+    @property
+    def custom_filter(self):
+        """`filter_logits` of a user's subclass that overrides it, else None."""
+        if type(self).filter_logits in _BUILT_IN_FILTERS:
+            return None
+        return self.filter_logits
+
+    def __call__(self, logits, seed=None, seen=None):
+        logits = ops.cast(logits, "float32")
+        rows, vocabulary = logits.shape
+        seed = self.seed if seed is None else check_seed(seed)
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+        tensors = settings_tensors([self.settings()] * rows, [seed] * rows)
+        if seen is None:
+            seen = ops.zeros((rows, vocabulary), dtype="bool")
+        counter = ops.arange(rows, dtype="int32")
+        return sampling.sample(logits, tensors, seen, counter, self.custom_filter)
+
+    def get_config(self):
+        config = {
+            "temperature": self.temperature,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.seed is not None:
+            config["seed"] = self.seed
+        return config
+
     def cache_key(self):
-        """Hashable identity of the sampler's behaviour (compiled-function cache)."""
+        """What a compiled program must be specialised on: only a custom filter."""
+        if self.custom_filter is None:
+            return ("runtime",)
         return (type(self).__name__,) + tuple(sorted(self.get_config().items()))
 
     def __repr__(self):
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({arguments})"
+
+
+def check_seed(seed):
+    """`seed` as an int (NumPy integers too), or None; a clear error otherwise."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(
+            f"`seed` must be an integer or None. Received: seed={seed!r} ({type(seed).__name__})"
+        )
+    return int(seed) % (2**31)
+
+
+def settings_tensors(settings, seeds):
+    """`SamplingTensors` of one settings dict and one int seed per row."""
+
+    def column(name, dtype):
+        return ops.convert_to_tensor(np.array([s[name] for s in settings], dtype=dtype))
+
+    return sampling.SamplingTensors(
+        temperature=column("temperature", "float32"),
+        top_k=column("top_k", "int32"),
+        top_p=column("top_p", "float32"),
+        min_p=column("min_p", "float32"),
+        repetition_penalty=column("repetition_penalty", "float32"),
+        seed=ops.convert_to_tensor(np.array(seeds, dtype="int32")),
+    )
 
 
 def _check_positive(name, value):
@@ -89,8 +154,8 @@ class GreedySampler(Sampler):
 
     is_greedy = True
 
-    def __init__(self, repetition_penalty=1.0):
-        super().__init__(temperature=1.0, repetition_penalty=repetition_penalty)
+    def __init__(self, repetition_penalty=1.0, seed=None):
+        super().__init__(temperature=1.0, repetition_penalty=repetition_penalty, seed=seed)
 
     def get_config(self):
         return {"repetition_penalty": self.repetition_penalty}
@@ -109,8 +174,8 @@ class TopKSampler(Sampler):
         repetition_penalty: float > 0.
     """
 
-    def __init__(self, k=5, temperature=1.0, repetition_penalty=1.0):
-        super().__init__(temperature, repetition_penalty)
+    def __init__(self, k=5, temperature=1.0, repetition_penalty=1.0, seed=None):
+        super().__init__(temperature, repetition_penalty, seed)
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"`k` must be an integer >= 1. Received: k={k!r}")
         self.k = int(k)
@@ -120,6 +185,9 @@ class TopKSampler(Sampler):
         k = min(self.k, logits.shape[-1])
         kth_largest = ops.top_k(logits, k)[0][:, -1:]  # (b, 1)
         return ops.where(logits >= kth_largest, logits, EXCLUDED_LOGIT)
+
+    def settings(self):
+        return dict(super().settings(), top_k=self.k)
 
     def get_config(self):
         return dict(super().get_config(), k=self.k)
@@ -136,8 +204,8 @@ class TopPSampler(Sampler):
         repetition_penalty: float > 0.
     """
 
-    def __init__(self, p=0.9, k=None, temperature=1.0, repetition_penalty=1.0):
-        super().__init__(temperature, repetition_penalty)
+    def __init__(self, p=0.9, k=None, temperature=1.0, repetition_penalty=1.0, seed=None):
+        super().__init__(temperature, repetition_penalty, seed)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
             raise ValueError(f"`p` must be in (0, 1]. Received: p={p!r}")
         if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
@@ -156,6 +224,9 @@ class TopPSampler(Sampler):
         threshold = ops.min(ops.where(keep, sorted_logits, 1e9), axis=-1, keepdims=True)
         return ops.where(logits >= threshold, logits, EXCLUDED_LOGIT)
 
+    def settings(self):
+        return dict(super().settings(), top_p=self.p, top_k=self.k or 0)
+
     def get_config(self):
         return dict(super().get_config(), p=self.p, k=self.k)
 
@@ -169,8 +240,8 @@ class MinPSampler(Sampler):
         repetition_penalty: float > 0.
     """
 
-    def __init__(self, p=0.05, temperature=1.0, repetition_penalty=1.0):
-        super().__init__(temperature, repetition_penalty)
+    def __init__(self, p=0.05, temperature=1.0, repetition_penalty=1.0, seed=None):
+        super().__init__(temperature, repetition_penalty, seed)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
             raise ValueError(f"`p` must be in (0, 1]. Received: p={p!r}")
         self.p = float(p)
@@ -180,6 +251,9 @@ class MinPSampler(Sampler):
         # p_i >= p * p_max  <=>  logit_i >= logit_max + log(p)
         threshold = ops.max(logits, axis=-1, keepdims=True) + ops.log(self.p)
         return ops.where(logits >= threshold, logits, EXCLUDED_LOGIT)
+
+    def settings(self):
+        return dict(super().settings(), min_p=self.p)
 
     def get_config(self):
         return dict(super().get_config(), p=self.p)
@@ -220,6 +294,11 @@ class BeamSampler:
     def __repr__(self):
         return f"BeamSampler(num_beams={self.num_beams}, length_penalty={self.length_penalty})"
 
+
+_BUILT_IN_FILTERS = {
+    cls.filter_logits
+    for cls in (Sampler, GreedySampler, RandomSampler, TopKSampler, TopPSampler, MinPSampler)
+}
 
 SAMPLERS = {
     "greedy": GreedySampler,
