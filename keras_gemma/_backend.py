@@ -19,6 +19,16 @@ import json
 import os
 import sys
 
+# Where the package keeps converted checkpoints and compiled programs.
+CACHE_ENV = "KERAS_GEMMA_CACHE"
+
+
+def cache_root():
+    """The package's cache directory: `$KERAS_GEMMA_CACHE`, else `~/.cache/keras_gemma`."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "keras_gemma")
+    return os.environ.get(CACHE_ENV) or default
+
+
 # Keras' backends; each is named after the module it imports.
 KNOWN_BACKENDS = ("jax", "torch", "tensorflow", "numpy", "openvino")
 PREFERENCE = ("jax", "torch", "tensorflow")

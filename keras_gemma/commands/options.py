@@ -1,7 +1,5 @@
 """The model and sampler that the shared `--preset`/`--dtype` and sampling options describe."""
 
-import os
-
 import keras
 
 from keras_gemma import samplers
@@ -18,25 +16,7 @@ def backend_name():
 def load_causal_lm(args, sequence_length=1024):
     loader.resolve(args.preset)  # A bad handle fails here, before any output.
     say(f"Loading {args.preset} ({backend_name()} backend)...")
-    keep_compiled_functions(loader.cache_dir())
     return GemmaCausalLM.from_preset(args.preset, dtype=args.dtype, sequence_length=sequence_length)
-
-
-def keep_compiled_functions(cache_root):
-    """JAX: XLA executables persist in `<cache_root>/jax` between runs.
-
-    Each `keras-gemma generate` would otherwise compile its prefill and
-    decode step again (~3 s of a ~14 s run on Gemma 3 270M, 2-core CPU). Left
-    alone when the user chose a cache (`JAX_COMPILATION_CACHE_DIR`). Only the
-    command sets this: the library never changes JAX's global configuration.
-    """
-    if backend_name() != "jax":
-        return
-    import jax  # Only on the JAX backend (the others need not have it installed).
-
-    if jax.config.jax_compilation_cache_dir:
-        return
-    jax.config.update("jax_compilation_cache_dir", os.path.join(cache_root, "jax"))
 
 
 def build_sampler(args):

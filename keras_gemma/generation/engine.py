@@ -29,6 +29,7 @@ import numpy as np
 from keras import ops
 from keras import tree
 
+from keras_gemma._backend import cache_root
 from keras_gemma.generation import decode_loop
 from keras_gemma.generation import decoding
 from keras_gemma.generation.kv_cache import functional_write
@@ -75,10 +76,7 @@ def enable_compile_cache():
 
     if jax.config.jax_compilation_cache_dir:
         return jax.config.jax_compilation_cache_dir
-    root = os.environ.get("KERAS_GEMMA_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "keras_gemma"
-    )
-    directory = os.path.join(root, "jax")
+    directory = os.path.join(cache_root(), "jax")
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

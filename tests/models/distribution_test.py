@@ -134,7 +134,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
-def run_on_simulated_devices(script, timeout=240):
+def run_on_simulated_devices(script, timeout=600):
     """Runs `script` with JAX on 8 simulated CPU devices; returns its stdout."""
     env = dict(
         os.environ,
