@@ -5,12 +5,15 @@ Modules, from the user-facing end down:
 - `generate`: `generate()` and `score()` (text in, text out, argument checks).
 - `chat_session`: `ChatSession`, a conversation whose KV cache survives turns.
 - `beam_search`: beam search over the compiled decode steps.
+- `batch`: `DecodeBatch`, rows of sequences decoding together (admit,
+  run, release, grow): what `generate`, chat and a server share.
 - `engine`: `CompiledGenerator`, the fixed set of compiled programs; the one
   module that branches on the Keras backend.
-- `decode_loop`: `DecodeState` and `DecodeLoop`, the backend-neutral loop.
-- `decoding`: prefill and cached steps of the model (`prefill`, `extend`).
-- `kv_cache`: `KVCache` / `RingKVCache`, one per layer, with `write` / `read`.
-- `prompts`: prompt ids, padding and length buckets; `is_text` / `text_list`.
+- `decode_loop`: `Rows` and the backend-neutral prefill and decode programs.
+- `decoding`: the model fed tokens at per-row slots (`feed`, `next_logits`).
+- `kv_cache`: `KVCache` / `RingKVCache`, one per layer, rows at their own slots.
+- `settings`: `generate`'s sampling keywords and seeds.
+- `prompts`: prompt ids, padding and budgets; `is_text` / `text_list`.
 - `stopping`: stop-token resolution and the one stop-token truncation.
 - `detokenizer`: `IncrementalDetokenizer`, text pieces for streaming.
 

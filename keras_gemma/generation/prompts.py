@@ -1,9 +1,7 @@
-"""Prompts as token ids: text detection, tokenization, padding and length buckets.
+"""Prompts as token ids: text detection, tokenization, checks and new-token budgets.
 
-Prompts are left-padded to a power-of-two bucket so that every row's last
-prompt token sits in the same cache slot and all rows decode in lockstep;
-new-token budgets are rounded up to a multiple of 32. Calls whose shapes fall
-in the same buckets reuse the compiled programs.
+Prompts are lists of ids, never padded for generation: each row of a batch
+sits at its own position (`batch.py`).
 """
 
 import sys
@@ -14,8 +12,6 @@ from keras import ops
 DEFAULT_MAX_NEW_TOKENS = 64
 # The longest context of any Gemma text model (Gemma 3 4B and up).
 MAX_CONTEXT = 131_072
-MIN_PROMPT_BUCKET = 16
-NEW_TOKENS_BUCKET = 32
 
 
 def is_text(x):
@@ -50,19 +46,6 @@ def text_list(x):
     if isinstance(x, np.ndarray):
         return [i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in x.reshape(-1)]
     return list(x)
-
-
-def bucket_prompt_length(length):
-    """Smallest power of two >= `length` (at least 16)."""
-    bucket = MIN_PROMPT_BUCKET
-    while bucket < length:
-        bucket *= 2
-    return bucket
-
-
-def bucket_new_tokens(count):
-    """`count` rounded up to a multiple of 32 (at least 32)."""
-    return max(NEW_TOKENS_BUCKET, -(-count // NEW_TOKENS_BUCKET) * NEW_TOKENS_BUCKET)
 
 
 def tokenizer_of(causal_lm, required=True):
@@ -132,17 +115,6 @@ def check_prompts(prompts, vocabulary_size):
             raise ValueError(
                 f"Prompt {index} has token ids outside [0, {vocabulary_size}): {bad[:5]}"
             )
-
-
-def left_pad(prompts, length, pad_token_id=0):
-    """`(token_ids, padding_mask)` int32 `[batch, length]`, each prompt at the right end."""
-    token_ids = np.full((len(prompts), length), pad_token_id, dtype="int32")
-    padding_mask = np.zeros((len(prompts), length), dtype="int32")
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            token_ids[row, length - len(prompt) :] = prompt
-            padding_mask[row, length - len(prompt) :] = 1
-    return token_ids, padding_mask
 
 
 def right_pad(sequences, length, mask_dtype="int32"):
