@@ -33,6 +33,16 @@ METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.weights.h5"
 TASK_FILE = "task.json"
 OUR_REGISTERED_NAME = "keras_gemma>GemmaBackbone"
+# Every file a save writes: a folder holding only these is a previous preset.
+PRESET_FILES = (
+    CONFIG_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    TASK_FILE,
+    preset_files.PREPROCESSOR_CONFIG_FILE,
+    preset_files.TOKENIZER_CONFIG_FILE,
+    preset_files.KERAS_TOKENIZER_ASSET,
+)
 
 
 # === Writing ===
@@ -57,8 +67,12 @@ def write_backbone(backbone, directory):
     backbone.save_weights(os.path.join(directory, WEIGHTS_FILE))
 
 
-def save_causal_lm(causal_lm, directory):
-    """Writes a causal LM (backbone, `task.json`, preprocessor files) atomically."""
+def save_causal_lm(causal_lm, directory, overwrite=False):
+    """Writes a causal LM (backbone, `task.json`, preprocessor files) atomically.
+
+    A `directory` holding files other than a previous preset's is refused
+    unless `overwrite` (see `files.atomic_directory_write`).
+    """
 
     def write(staging):
         write_backbone(causal_lm.backbone, staging)
@@ -69,7 +83,7 @@ def save_causal_lm(causal_lm, directory):
         if causal_lm.preprocessor is not None:
             causal_lm.preprocessor.save_to_preset(staging)
 
-    atomic_directory_write(directory, write)
+    atomic_directory_write(directory, write, PRESET_FILES, overwrite=overwrite)
 
 
 def write_object_config(directory, file_name, class_name, config):

@@ -199,6 +199,7 @@ def read_gguf_backbone(path, dtype=None):
         read,
         repr(path),
         lambda name: f"Tensor `{prefix + name}` is missing from GGUF file {path!r}.",
+        layer_count_key="its GGUF key `block_count`",
     )
     return BackboneData(config, dtype, tensors, None, repr(path)), checkpoint.tokenizer_proto
 

@@ -241,13 +241,24 @@ class GemmaCausalLM(keras.Model):
         )
         return cls(backbone=backbone, preprocessor=preprocessor)
 
-    def save_to_preset(self, directory):
-        """Writes a Keras preset directory (atomically: a failure keeps the old one)."""
-        keras_preset.save_causal_lm(self, directory)
+    def save_to_preset(self, directory, overwrite=False):
+        """Writes a Keras preset directory (atomically: a failure keeps the old one).
 
-    def export_to_transformers(self, directory):
-        """Writes a transformers checkpoint (`config.json`, safetensors, tokenizer)."""
-        transformers_export.export_causal_lm(self, directory)
+        Args:
+            directory: the folder to write. A previous preset there is
+                replaced; a folder holding other files is refused with a
+                `FileExistsError` naming them.
+            overwrite: bool. Replace the folder and everything in it.
+        """
+        keras_preset.save_causal_lm(self, directory, overwrite=overwrite)
+
+    def export_to_transformers(self, directory, overwrite=False):
+        """Writes a transformers checkpoint (`config.json`, safetensors, tokenizer).
+
+        Like `save_to_preset`, refuses a folder holding other files unless
+        `overwrite=True`.
+        """
+        transformers_export.export_causal_lm(self, directory, overwrite=overwrite)
 
     def get_config(self):
         return {
@@ -292,9 +303,9 @@ class GemmaCausalLM(keras.Model):
         self.backbone.merge_lora_weights()
         self._reset_compiled_functions()
 
-    def export_lora_to_peft(self, directory):
+    def export_lora_to_peft(self, directory, overwrite=False):
         """`GemmaBackbone.export_lora_to_peft`."""
-        self.backbone.export_lora_to_peft(directory)
+        self.backbone.export_lora_to_peft(directory, overwrite=overwrite)
 
     def enable_gradient_checkpointing(self):
         """`GemmaBackbone.enable_gradient_checkpointing`; call `compile()` afterwards."""

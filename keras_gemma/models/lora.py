@@ -301,7 +301,7 @@ def merge_lora_weights(backbone):
 # === PEFT export ===
 
 
-def export_lora_to_peft(backbone, directory, base_model_name_or_path=None):
+def export_lora_to_peft(backbone, directory, base_model_name_or_path=None, overwrite=False):
     """Writes the adapter in Hugging Face PEFT's layout (see `keras_gemma.formats.peft`).
 
     Query/key/value adapters export with rank `heads * rank` (block-diagonal
@@ -333,4 +333,5 @@ def export_lora_to_peft(backbone, directory, base_model_name_or_path=None):
         state.alpha,
         state.target_names,
         base_model=base_model_name_or_path,
+        overwrite=overwrite,
     )

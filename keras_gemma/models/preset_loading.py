@@ -94,7 +94,7 @@ def _load_gguf(backbone_class, path, dtype):
         GemmaTokenizer(proto).save_to_preset(staging)
 
     try:
-        atomic_directory_write(cached, write)
+        atomic_directory_write(cached, write, keras_preset.PRESET_FILES, overwrite=True)
     except OSError as error:  # A read-only cache only costs speed.
         loader.progress(f"could not cache the conversion ({error})")
     if dtype is not None and dtype != "float32" and os.path.isdir(cached):
