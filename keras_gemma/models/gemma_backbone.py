@@ -15,7 +15,7 @@ from keras_gemma.layers.rms_normalization import RMSNormalization
 from keras_gemma.models import layout_map as layout_map_lib
 from keras_gemma.models import lora
 from keras_gemma.models import preset_loading
-from keras_gemma.models.memory_check import check_model_fits
+from keras_gemma.models.weight_checks import check_model_fits
 
 INITIAL_WEIGHTS = ("random", "zeros")
 

@@ -39,6 +39,7 @@ class GemmaCausalLM(keras.Model):
     """
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
+        check_vocabulary_fits(backbone, preprocessor)
         # === Functional Model ===
         inputs = backbone.input
         hidden_states = backbone(inputs)
@@ -311,3 +312,16 @@ class GemmaCausalLM(keras.Model):
         """`GemmaBackbone.enable_gradient_checkpointing`; call `compile()` afterwards."""
         self.backbone.enable_gradient_checkpointing()
         self._reset_compiled_functions()
+
+
+def check_vocabulary_fits(backbone, preprocessor):
+    """`ValueError` when the tokenizer has ids the backbone's embedding has no row for."""
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if tokenizer is None or tokenizer.vocabulary_size <= backbone.vocabulary_size:
+        return
+    raise ValueError(
+        f"The tokenizer has {tokenizer.vocabulary_size} pieces, but the backbone's embedding has "
+        f"only {backbone.vocabulary_size} rows (`vocabulary_size`): ids from "
+        f"{backbone.vocabulary_size} on have no embedding. Use the tokenizer the model was "
+        "trained with, or a backbone with a large enough `vocabulary_size`."
+    )

@@ -26,6 +26,7 @@ from keras import ops
 from keras_gemma.formats import lora_files
 from keras_gemma.formats import peft
 from keras_gemma.formats.transformers_config import transformers_config_from_backbone
+from keras_gemma.models.weight_checks import warn_non_finite
 
 ATTENTION_TARGETS = ("query", "key", "value", "attention_output")
 FEED_FORWARD_TARGETS = ("ffw_gating", "ffw_gating_2", "ffw_linear")
@@ -249,6 +250,7 @@ def load_lora_weights(backbone, path):
                 "this backbone needs "
                 f"{needed}. The adapter was trained on a different model config."
             )
+    warn_non_finite(sorted(tensors.items()), f"the adapter {os.fspath(path)!r}")
     if state is None:
         enable_lora(backbone, rank, alpha=alpha, target_names=names)
     for key, layer in expected.items():

@@ -24,6 +24,7 @@ from keras_gemma.formats import preset as preset_files
 from keras_gemma.formats.files import atomic_directory_write
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
+from keras_gemma.models.weight_checks import warn_non_finite
 
 DEFAULT_SEQUENCE_LENGTH = 1024
 
@@ -59,6 +60,7 @@ def build_backbone(backbone_class, data):
         keras_preset.load_weights(backbone, data.directory)
     else:
         assign_weights(backbone, data.tensors, data.source)
+    warn_non_finite(((variable.path, variable.value) for variable in backbone.weights), data.source)
     return backbone
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from keras_gemma.formats import loader
-from keras_gemma.models import memory_check
+from keras_gemma.models import weight_checks as memory_check
 from keras_gemma.models.gemma_backbone import GemmaBackbone
 from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
 from keras_gemma.testing.configs import tiny_config
@@ -80,7 +80,8 @@ def test_a_gguf_with_block_count_lowered_is_refused(tmp_path, gguf_cache):
     with pytest.raises(ValueError, match="its GGUF key `block_count` says 1 layers") as raised:
         GemmaCausalLM.from_preset(path)
     assert path in str(raised.value) and "layers.1." in str(raised.value)
-    assert not gguf_cache.exists() or not os.listdir(gguf_cache / "converted")
+    converted = gguf_cache / "converted"
+    assert not converted.exists() or not os.listdir(converted)
 
 
 def test_the_same_gguf_with_its_true_block_count_loads(tmp_path, gguf_cache):

@@ -1,13 +1,18 @@
-"""Refusing a model too large for this machine before any weight is allocated.
+"""Checks on a model's weights: the size a config asks for, and non-finite values.
 
-A config asking for 10^12 parameters would otherwise fail deep in the
-backend's allocator (JAX's raw `RESOURCE_EXHAUSTED`, seconds into
-TensorFlow's attempt). The estimate counts the variables the config
-describes (`formats.variables`) at their stored width.
+`check_model_fits` refuses a model too large for this machine before any
+weight is allocated: a config asking for 10^12 parameters would otherwise
+fail deep in the backend's allocator (JAX's raw `RESOURCE_EXHAUSTED`,
+seconds into TensorFlow's attempt). The estimate counts the variables the
+config describes (`formats.variables`) at their stored width.
+
+`warn_non_finite` warns, naming the tensors, when loaded weights or
+adapters hold NaN or infinite values (they would generate garbage).
 """
 
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -57,4 +62,32 @@ def check_model_fits(config, dtype):
             f"num_layers={config['num_layers']}, hidden_dim={config['hidden_dim']}, "
             f"intermediate_dim={config['intermediate_dim']}). Check the config, or load the "
             "model in a narrower dtype or split across devices with a `keras.distribution`."
+        )
+
+
+def warn_non_finite(named_values, source):
+    """Warns (`RuntimeWarning`) naming every tensor of `named_values` with a NaN or inf.
+
+    Args:
+        named_values: `(name, value)` pairs; values are NumPy arrays or
+            backend tensors / variables (checked on their device, one
+            reduction each). Integer (quantized) values are skipped.
+        source: how the message names where they were loaded from.
+    """
+    bad = []
+    for name, value in named_values:
+        if isinstance(value, np.ndarray):
+            if np.issubdtype(value.dtype, np.integer) or np.isfinite(value).all():
+                continue
+        elif "int" in str(value.dtype) or bool(keras.ops.all(keras.ops.isfinite(value))):
+            continue
+        bad.append(name)
+    if bad:
+        shown = ", ".join(f"`{name}`" for name in bad[:5]) + (", ..." if bad[5:] else "")
+        warnings.warn(
+            f"{len(bad)} tensors loaded from {source} hold NaN or infinite values ({shown}): "
+            "the model will generate garbage. The file is damaged, or was saved after training "
+            "diverged.",
+            RuntimeWarning,
+            stacklevel=3,
         )
