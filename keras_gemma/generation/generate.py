@@ -13,9 +13,12 @@ from keras_gemma.generation.beam_search import beam_search
 from keras_gemma.generation.detokenizer import IncrementalDetokenizer
 from keras_gemma.generation.prompts import bucket_new_tokens
 from keras_gemma.generation.prompts import bucket_prompt_length
+from keras_gemma.generation.prompts import check_encodable
 from keras_gemma.generation.prompts import check_prompts
+from keras_gemma.generation.prompts import check_seed
 from keras_gemma.generation.prompts import left_pad
 from keras_gemma.generation.prompts import new_token_budget
+from keras_gemma.generation.prompts import normalize_stop_token_ids
 from keras_gemma.generation.prompts import prompt_ids
 from keras_gemma.generation.prompts import right_pad
 from keras_gemma.generation.prompts import tokenizer_of
@@ -49,6 +52,9 @@ def generate(
         Text (or a dict of token ids) as `GemmaCausalLM.generate` documents;
         an iterator of pieces with `stream=True`.
     """
+    seed = check_seed(seed)
+    stop_token_ids = normalize_stop_token_ids(causal_lm, stop_token_ids)
+    check_encodable(inputs)
     sampler = causal_lm.sampler if sampler is None else sampler_lib.get(sampler)
     prompts, is_text_input, single = prompt_ids(causal_lm, inputs)
     check_prompts(prompts, causal_lm.backbone.vocabulary_size)

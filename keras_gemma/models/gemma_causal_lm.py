@@ -124,6 +124,7 @@ class GemmaCausalLM(keras.Model):
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def _preprocess_dataset_or_text(self, x, y, sample_weight):
+        check_not_empty(x)
         if prompts.is_string_dataset(x):
             if self.preprocessor is None:
                 raise ValueError("A dataset of strings needs a preprocessor.")
@@ -325,3 +326,14 @@ def check_vocabulary_fits(backbone, preprocessor):
         f"{backbone.vocabulary_size} on have no embedding. Use the tokenizer the model was "
         "trained with, or a backbone with a large enough `vocabulary_size`."
     )
+
+
+def check_not_empty(x):
+    """`ValueError` for empty training data (Keras' own error is `pop from an empty set`)."""
+    if isinstance(x, (list, tuple, dict)) or hasattr(x, "shape"):
+        empty = len(x) == 0 if not hasattr(x, "shape") else (len(x.shape) > 0 and x.shape[0] == 0)
+        if empty:
+            raise ValueError(
+                f"`x` is empty ({type(x).__name__} of length 0): pass at least one example "
+                "(a string, a list of strings, a dict of token arrays or a `tf.data.Dataset`)."
+            )
