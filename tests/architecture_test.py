@@ -37,6 +37,7 @@ RANKS = {
     "samplers": 1,
     "_backend": 0,
     "_version": 0,
+    "_filesystem": 0,
 }
 
 

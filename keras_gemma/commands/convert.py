@@ -29,7 +29,7 @@ def run(args):
     lm = GemmaCausalLM.from_preset(source, dtype=args.dtype)
     parameters = lm.backbone.count_params()
     say(f"[2/{steps}] Loaded {parameters:,} parameters; writing {args.output}...")
-    lm.save_to_preset(output)
+    lm.save_to_preset(output, overwrite=args.overwrite)
     size = sum(
         os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(output) for f in files
     )

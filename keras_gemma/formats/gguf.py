@@ -201,17 +201,27 @@ def _build_config(path, architecture, fields, tensors):
     def arch_value(key, default=None):
         return fields.get(f"{architecture}.{key}", default)
 
-    def required(key):
-        value = arch_value(key)
+    def required(key, default=None):
+        value = arch_value(key, default)
         if value is None:
             raise ValueError(f"GGUF file {path!r} lacks the metadata key '{architecture}.{key}'.")
-        return value
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(
+                f"GGUF file {path!r} has '{architecture}.{key}' = {value!r}; it must be a "
+                "positive integer. The file is damaged or was written wrongly."
+            )
+        return int(value)
 
-    hidden_size = int(required("embedding_length"))
-    num_layers = int(required("block_count"))
-    num_heads = int(required("attention.head_count"))
-    num_kv_heads = int(arch_value("attention.head_count_kv", num_heads))
-    head_dim = int(arch_value("attention.key_length", hidden_size // num_heads))
+    hidden_size = required("embedding_length")
+    num_layers = required("block_count")
+    num_heads = required("attention.head_count")
+    num_kv_heads = required("attention.head_count_kv", num_heads)
+    head_dim = required("attention.key_length", max(hidden_size // num_heads, 1))
+    if num_heads % num_kv_heads:
+        raise ValueError(
+            f"GGUF file {path!r} has '{architecture}.attention.head_count' = {num_heads}, not a "
+            f"multiple of '{architecture}.attention.head_count_kv' = {num_kv_heads}."
+        )
     embedding_shape = tensors.shapes["model.embed_tokens.weight"]
     num_tokens = len(fields.get("tokenizer.ggml.tokens", ()))
     if num_tokens > embedding_shape[0]:
@@ -267,14 +277,14 @@ def _build_config(path, architecture, fields, tensors):
         "model_type": _MODEL_TYPES[architecture],
         "vocab_size": int(embedding_shape[0]),
         "hidden_size": hidden_size,
-        "intermediate_size": int(required("feed_forward_length")),
+        "intermediate_size": required("feed_forward_length"),
         "num_hidden_layers": num_layers,
         "num_attention_heads": num_heads,
         "num_key_value_heads": num_kv_heads,
         "head_dim": head_dim,
         "hidden_activation": "gelu_pytorch_tanh",
         "rms_norm_eps": float(np.float32(arch_value("attention.layer_norm_rms_epsilon", 1e-6))),
-        "max_position_embeddings": int(arch_value("context_length", 8192)),
+        "max_position_embeddings": required("context_length", 8192),
         "rope_parameters": rope_parameters,
         "query_pre_attn_scalar": query_pre_attn_scalar,
         "sliding_window": None if sliding_window is None else int(sliding_window),

@@ -16,9 +16,13 @@ nothing in the files is executed. The readers return plain data (configs);
 """
 
 import datetime
+import errno
+import math
 import os
 
+import h5py
 import keras
+import numpy as np
 
 from keras_gemma._version import __version__
 from keras_gemma.formats import preset as preset_files
@@ -33,6 +37,19 @@ METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.weights.h5"
 TASK_FILE = "task.json"
 OUR_REGISTERED_NAME = "keras_gemma>GemmaBackbone"
+# `save_weights`' size estimate: HDF5 adds ~3.5 KB per dataset (measured), doubled.
+HDF5_BYTES_PER_DATASET = 8192
+HDF5_FIXED_BYTES = 256 * 1024
+# Every file a save writes: a folder holding only these is a previous preset.
+PRESET_FILES = (
+    CONFIG_FILE,
+    METADATA_FILE,
+    WEIGHTS_FILE,
+    TASK_FILE,
+    preset_files.PREPROCESSOR_CONFIG_FILE,
+    preset_files.TOKENIZER_CONFIG_FILE,
+    preset_files.KERAS_TOKENIZER_ASSET,
+)
 
 
 # === Writing ===
@@ -54,11 +71,43 @@ def write_backbone(backbone, directory):
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
         },
     )
-    backbone.save_weights(os.path.join(directory, WEIGHTS_FILE))
+    save_weights(backbone, os.path.join(directory, WEIGHTS_FILE))
 
 
-def save_causal_lm(causal_lm, directory):
-    """Writes a causal LM (backbone, `task.json`, preprocessor files) atomically."""
+def save_weights(model, path):
+    """`model.save_weights(path)`, refused up front when the disk cannot hold the file.
+
+    HDF5 does not survive a full disk: Keras' writer leaves its file open,
+    h5py prints "Exception ignored" tracebacks for every handle it drops,
+    and closing the file crashes the process (a segfault in HDF5, measured
+    on a full tmpfs), taking an unsaved model with it. So the file's size is
+    estimated first (the weights' bytes plus HDF5's ~3.5 KB per dataset,
+    doubled) and a disk without room gives a plain `OSError(ENOSPC)` before
+    HDF5 writes anything.
+    """
+    needed = sum(
+        math.prod(variable.shape) * np.dtype(variable.dtype).itemsize + HDF5_BYTES_PER_DATASET
+        for variable in model.weights
+    )
+    needed += HDF5_FIXED_BYTES
+    disk = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    free = disk.f_bavail * disk.f_frsize
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: `{path}` needs about {needed / 2**20:,.1f} MiB and the "
+            f"disk has {free / 2**20:,.1f} MiB free. Free some space or save elsewhere "
+            "(nothing was written; a previous save there is untouched)",
+        )
+    model.save_weights(path)
+
+
+def save_causal_lm(causal_lm, directory, overwrite=False):
+    """Writes a causal LM (backbone, `task.json`, preprocessor files) atomically.
+
+    A `directory` holding files other than a previous preset's is refused
+    unless `overwrite` (see `files.atomic_directory_write`).
+    """
 
     def write(staging):
         write_backbone(causal_lm.backbone, staging)
@@ -69,7 +118,7 @@ def save_causal_lm(causal_lm, directory):
         if causal_lm.preprocessor is not None:
             causal_lm.preprocessor.save_to_preset(staging)
 
-    atomic_directory_write(directory, write)
+    atomic_directory_write(directory, write, PRESET_FILES, overwrite=overwrite)
 
 
 def write_object_config(directory, file_name, class_name, config):
@@ -156,8 +205,6 @@ def load_weights(model, directory):
 
 def _stored_variable_count(path):
     """Number of variables (HDF5 datasets) in a `.weights.h5` file."""
-    import h5py
-
     datasets = []
     with h5py.File(path, "r") as f:
         f.visititems(

@@ -54,8 +54,13 @@ def peft_factors(lora_kernel_a, lora_kernel_b, target_name):
     return lora_a, lora_b, heads * rank
 
 
-def write_peft_adapter(directory, adapters, rank, alpha, target_names, base_model=None):
+def write_peft_adapter(
+    directory, adapters, rank, alpha, target_names, base_model=None, overwrite=False
+):
     """Writes a PEFT adapter directory, atomically.
+
+    A `directory` holding files other than a previous adapter's is refused
+    unless `overwrite`.
 
     Args:
         directory: the directory to write.
@@ -100,4 +105,6 @@ def write_peft_adapter(directory, adapters, rank, alpha, target_names, base_mode
         write_json(os.path.join(staging, PEFT_CONFIG_FILE), adapter_config)
         save_file(tensors, os.path.join(staging, PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
 
-    atomic_directory_write(directory, write)
+    atomic_directory_write(
+        directory, write, (PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE), overwrite=overwrite
+    )

@@ -16,3 +16,5 @@ KERAS_TOKENIZER_ASSET = os.path.join("assets", "tokenizer", "vocabulary.spm")
 HF_TOKENIZER_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer.json"
 PREPROCESSOR_CONFIG_FILE = "preprocessor.json"
+# Where a preset directory keeps its SentencePiece model (Keras, then transformers).
+PROTO_FILES = (KERAS_TOKENIZER_ASSET, HF_TOKENIZER_FILE)

@@ -24,6 +24,9 @@ SAFETENSORS_FILE = "model.safetensors"
 # Prefixes of the text decoder in HF checkpoints: text-only models, and the
 # language model inside Gemma 3 multimodal checkpoints (old and new layout).
 WEIGHT_PREFIXES = ("model.", "language_model.model.", "model.language_model.", "")
+# Stored tensors that carry nothing a model needs: a copy of the tied
+# embeddings and RoPE frequencies that old checkpoints saved.
+UNUSED_TENSOR_SUFFIXES = ("lm_head.weight", "rotary_emb.inv_freq")
 
 
 class SafetensorsReader:
@@ -35,7 +38,15 @@ class SafetensorsReader:
         index_path = os.path.join(directory, SAFETENSORS_INDEX)
         single_path = os.path.join(directory, SAFETENSORS_FILE)
         if os.path.isfile(index_path):
-            weight_map = read_json(index_path)["weight_map"]
+            weight_map = read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(name, str) for name in weight_map.values()
+            ):
+                raise ValueError(
+                    f"`{index_path}` needs a `weight_map` object ({{tensor name: shard file}}), "
+                    f"not {type(weight_map).__name__}. The index is damaged: delete it to load "
+                    f"a single `{SAFETENSORS_FILE}`, or restore it from the checkpoint."
+                )
             files = sorted(set(weight_map.values()))
         elif os.path.isfile(single_path):
             files = [SAFETENSORS_FILE]
@@ -185,8 +196,9 @@ class ConvertedTensors(collections.abc.Mapping):
 
     Each access reads (and, for GGUF, dequantizes) one tensor, so a model
     filled from it never holds a second copy of every weight. Every tensor
-    the config needs is checked when the mapping is made: a missing one, or
-    one whose shape does not match, is a `ValueError` naming it.
+    is checked against the config when the mapping is made: a missing one,
+    one whose shape does not match, or one the config has no place for (more
+    layers than it says) is a `ValueError` naming it.
 
     Args:
         config: the `GemmaBackbone` config the tensors are for.
@@ -194,9 +206,18 @@ class ConvertedTensors(collections.abc.Mapping):
         read: `read(hf_name)` returns that tensor as a NumPy array.
         source: how messages name the checkpoint (e.g. its directory, repr'd).
         missing_message: `missing_message(hf_name)`, the text for an absent tensor.
+        layer_count_key: how messages name the stored layer count.
     """
 
-    def __init__(self, config, shapes, read, source, missing_message):
+    def __init__(
+        self,
+        config,
+        shapes,
+        read,
+        source,
+        missing_message,
+        layer_count_key="`num_hidden_layers` in `config.json`",
+    ):
         self._config = config
         self._read = read
         self._entries = {}
@@ -212,6 +233,20 @@ class ConvertedTensors(collections.abc.Mapping):
                     "`config.json`."
                 )
             self._entries[path] = (hf_name, conversion)
+        used = {hf_name for hf_name, _ in self._entries.values()}
+        extra = sorted(
+            name
+            for name in shapes
+            if name not in used and not name.endswith(UNUSED_TENSOR_SUFFIXES)
+        )
+        if extra:
+            shown = ", ".join(f"`{name}`" for name in extra[:3])
+            raise ValueError(
+                f"{source} holds {len(extra)} tensors that its config has no place for ({shown}"
+                f"{', ...' if extra[3:] else ''}); {layer_count_key} says "
+                f"{config['num_layers']} layers. The weights do not match the config: fix the "
+                "config or use the checkpoint it was written with."
+            )
 
     def __getitem__(self, path):
         hf_name, conversion = self._entries[path]

@@ -31,6 +31,16 @@ def read_config(directory):
     )
 
 
+def _required(hf_config, key, positive=True):
+    """`hf_config[key]`; a `ValueError` naming the key when absent (or not a positive int)."""
+    if key not in hf_config:
+        raise ValueError(f"`config.json` lacks `{key}`, which a Gemma config needs.")
+    value = hf_config[key]
+    if positive and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"`{key}` in `config.json` must be a positive integer; it is {value!r}.")
+    return value
+
+
 def _rope_settings(parameters, where):
     """(theta, linear factor) from one HF rope dict."""
     if parameters is None:
@@ -72,9 +82,9 @@ def backbone_config_from_transformers(hf_config):
             f"({TANH_GELU_NAMES[:2]})."
         )
 
-    num_layers = hf_config["num_hidden_layers"]
-    num_query_heads = hf_config["num_attention_heads"]
-    hidden_dim = hf_config["hidden_size"]
+    num_layers = _required(hf_config, "num_hidden_layers")
+    num_query_heads = _required(hf_config, "num_attention_heads")
+    hidden_dim = _required(hf_config, "hidden_size")
     head_dim = hf_config.get("head_dim") or hidden_dim // num_query_heads
     is_gemma1 = model_type == "gemma"
     is_gemma3 = model_type == "gemma3_text"
@@ -129,12 +139,12 @@ def backbone_config_from_transformers(hf_config):
         query_pre_attn_scalar = head_dim
 
     return {
-        "vocabulary_size": hf_config["vocab_size"],
+        "vocabulary_size": _required(hf_config, "vocab_size"),
         "num_layers": num_layers,
         "num_query_heads": num_query_heads,
         "num_key_value_heads": hf_config.get("num_key_value_heads", num_query_heads),
         "hidden_dim": hidden_dim,
-        "intermediate_dim": hf_config["intermediate_size"],
+        "intermediate_dim": _required(hf_config, "intermediate_size"),
         "head_dim": head_dim,
         "layer_types": layer_types,
         "sliding_window_size": sliding_window,

@@ -20,6 +20,13 @@ from keras_gemma.formats.transformers_config import transformers_config_from_bac
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
+EXPORT_FILES = (
+    "config.json",
+    SAFETENSORS_FILE,
+    GENERATION_CONFIG_FILE,
+    HF_TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+)
 
 
 def _stop_token_ids(tokenizer):
@@ -91,21 +98,27 @@ def _write_export(backbone, tokenizer, directory):
         write_json(os.path.join(directory, TOKENIZER_CONFIG_FILE), tokenizer_config)
 
 
-def export_backbone(backbone, directory, tokenizer=None):
+def export_backbone(backbone, directory, tokenizer=None, overwrite=False):
     """Writes `backbone` (and optionally its tokenizer) as a transformers checkpoint.
 
     The directory gets `config.json` (model type `gemma`, `gemma2` or
     `gemma3_text`, chosen from the config), `model.safetensors` in the
     weights' dtype, `generation_config.json` and, with a tokenizer,
     `tokenizer.model` plus `tokenizer_config.json`. Written atomically: a
-    failure leaves an existing directory as it was.
+    failure leaves an existing directory as it was. A `directory` holding
+    files other than a previous export's is refused unless `overwrite`.
     """
     # Fails early, before writing anything, for configs transformers cannot express.
     transformers_config_from_backbone(backbone.get_config())
-    atomic_directory_write(directory, lambda staging: _write_export(backbone, tokenizer, staging))
+    atomic_directory_write(
+        directory,
+        lambda staging: _write_export(backbone, tokenizer, staging),
+        EXPORT_FILES,
+        overwrite=overwrite,
+    )
 
 
-def export_causal_lm(causal_lm, directory):
+def export_causal_lm(causal_lm, directory, overwrite=False):
     """`export_backbone` for a `GemmaCausalLM`, with its preprocessor's tokenizer."""
     tokenizer = causal_lm.preprocessor.tokenizer if causal_lm.preprocessor is not None else None
-    export_backbone(causal_lm.backbone, directory, tokenizer=tokenizer)
+    export_backbone(causal_lm.backbone, directory, tokenizer=tokenizer, overwrite=overwrite)

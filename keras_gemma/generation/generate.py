@@ -15,8 +15,10 @@ from keras_gemma.generation.beam_search import beam_search
 from keras_gemma.generation.detokenizer import IncrementalDetokenizer
 from keras_gemma.generation.engine import capacity_for
 from keras_gemma.generation.engine import rows_for
+from keras_gemma.generation.prompts import check_encodable
 from keras_gemma.generation.prompts import check_prompts
 from keras_gemma.generation.prompts import new_token_budget
+from keras_gemma.generation.prompts import normalize_stop_token_ids
 from keras_gemma.generation.prompts import prompt_ids
 from keras_gemma.generation.prompts import right_pad
 from keras_gemma.generation.prompts import tokenizer_of
@@ -55,6 +57,8 @@ def generate(
         Text (or a dict of token ids) as `GemmaCausalLM.generate` documents;
         an iterator of pieces with `stream=True`.
     """
+    stop_token_ids = normalize_stop_token_ids(causal_lm, stop_token_ids)
+    check_encodable(inputs)
     sampler = causal_lm.sampler if sampler is None else sampler_lib.get(sampler)
     settings = resolve_settings(sampler, **sampling)
     seed = resolve_seed(seed, sampler)

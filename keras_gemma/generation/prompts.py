@@ -156,3 +156,65 @@ def new_token_budget(prompts, max_length, max_new_tokens):
             "tokens, the longest context of any Gemma model. Ask for fewer new tokens."
         )
     return budget
+
+
+# === Argument checks (called first by `generate`) ===
+
+
+def normalize_stop_token_ids(causal_lm, stop_token_ids):
+    """`stop_token_ids` with one id or token strings made a list of ids.
+
+    Accepts "auto", None, one id (`1`), one token (`"<end_of_turn>"`) or a
+    list mixing ids and tokens (`["<eos>", 106]`); tokens are mapped through
+    the model's tokenizer. Ranges are checked later (`stopping`).
+    """
+    if stop_token_ids is None or (isinstance(stop_token_ids, str) and stop_token_ids == "auto"):
+        return stop_token_ids
+    if isinstance(stop_token_ids, (str, int, np.integer)):
+        stop_token_ids = [stop_token_ids]
+    if not isinstance(stop_token_ids, (list, tuple, set, frozenset, np.ndarray)):
+        raise ValueError(
+            "`stop_token_ids` must be 'auto', None, a token id, a token string, or a list of "
+            f"them. Received: {stop_token_ids!r} ({type(stop_token_ids).__name__})"
+        )
+    ids = []
+    for value in np.asarray(stop_token_ids, dtype=object).reshape(-1).tolist():
+        if isinstance(value, str):
+            tokenizer = tokenizer_of(causal_lm, required=False)
+            if tokenizer is None:
+                raise ValueError(
+                    f"`stop_token_ids` holds the token {value!r}, but the model has no "
+                    "tokenizer to map it to an id: pass ids instead."
+                )
+            try:
+                ids.append(tokenizer.token_to_id(value))
+            except ValueError:
+                raise ValueError(
+                    f"`stop_token_ids` holds {value!r}, which is not a token of this "
+                    "vocabulary. Pass token ids, or pieces such as '<eos>' or '<end_of_turn>'."
+                ) from None
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            ids.append(int(value))
+        else:
+            raise ValueError(
+                "`stop_token_ids` entries must be token ids (int) or token strings. "
+                f"Received: {value!r} ({type(value).__name__}) in {stop_token_ids!r}"
+            )
+    return ids
+
+
+def check_encodable(inputs):
+    """`ValueError` for a text prompt that is not valid Unicode (a lone surrogate)."""
+    if not is_text(inputs):
+        return
+    for index, text in enumerate(text_list(inputs)):
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as error:
+                where = "" if isinstance(inputs, str) else f"prompt {index}: "
+                raise ValueError(
+                    f"{where}the text cannot be encoded as UTF-8 ({error.reason} at position "
+                    f"{error.start}: {text[error.start : error.end]!r}). Remove or replace "
+                    "lone surrogates, e.g. `text.encode('utf-8', 'replace').decode()`."
+                ) from None

@@ -15,6 +15,7 @@ from keras_gemma.layers.rms_normalization import RMSNormalization
 from keras_gemma.models import layout_map as layout_map_lib
 from keras_gemma.models import lora
 from keras_gemma.models import preset_loading
+from keras_gemma.models.weight_checks import check_model_fits
 
 INITIAL_WEIGHTS = ("random", "zeros")
 
@@ -263,6 +264,7 @@ class GemmaBackbone(keras.Model):
             "dropout": dropout,
         }
         validate_config(config)
+        check_model_fits(config, dtype)
 
         # === Layers ===
         token_embedding = keras.layers.ReversibleEmbedding(
@@ -454,9 +456,12 @@ class GemmaBackbone(keras.Model):
         """Folds the adapters into the base kernels and removes them."""
         lora.merge_lora_weights(self)
 
-    def export_lora_to_peft(self, directory):
-        """Writes the adapter as Hugging Face PEFT files (`adapter_config.json`, safetensors)."""
-        lora.export_lora_to_peft(self, directory)
+    def export_lora_to_peft(self, directory, overwrite=False):
+        """Writes the adapter as Hugging Face PEFT files (`adapter_config.json`, safetensors).
+
+        A `directory` holding other files is refused unless `overwrite=True`.
+        """
+        lora.export_lora_to_peft(self, directory, overwrite=overwrite)
 
     def enable_gradient_checkpointing(self):
         """Recomputes each block's activations in the backward pass to save memory.

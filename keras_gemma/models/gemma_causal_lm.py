@@ -39,6 +39,7 @@ class GemmaCausalLM(keras.Model):
     """
 
     def __init__(self, backbone, preprocessor=None, **kwargs):
+        check_vocabulary_fits(backbone, preprocessor)
         # === Functional Model ===
         inputs = backbone.input
         hidden_states = backbone(inputs)
@@ -123,6 +124,7 @@ class GemmaCausalLM(keras.Model):
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def _preprocess_dataset_or_text(self, x, y, sample_weight):
+        check_not_empty(x)
         if prompts.is_string_dataset(x):
             if self.preprocessor is None:
                 raise ValueError("A dataset of strings needs a preprocessor.")
@@ -270,13 +272,24 @@ class GemmaCausalLM(keras.Model):
         )
         return cls(backbone=backbone, preprocessor=preprocessor)
 
-    def save_to_preset(self, directory):
-        """Writes a Keras preset directory (atomically: a failure keeps the old one)."""
-        keras_preset.save_causal_lm(self, directory)
+    def save_to_preset(self, directory, overwrite=False):
+        """Writes a Keras preset directory (atomically: a failure keeps the old one).
 
-    def export_to_transformers(self, directory):
-        """Writes a transformers checkpoint (`config.json`, safetensors, tokenizer)."""
-        transformers_export.export_causal_lm(self, directory)
+        Args:
+            directory: the folder to write. A previous preset there is
+                replaced; a folder holding other files is refused with a
+                `FileExistsError` naming them.
+            overwrite: bool. Replace the folder and everything in it.
+        """
+        keras_preset.save_causal_lm(self, directory, overwrite=overwrite)
+
+    def export_to_transformers(self, directory, overwrite=False):
+        """Writes a transformers checkpoint (`config.json`, safetensors, tokenizer).
+
+        Like `save_to_preset`, refuses a folder holding other files unless
+        `overwrite=True`.
+        """
+        transformers_export.export_causal_lm(self, directory, overwrite=overwrite)
 
     def get_config(self):
         return {
@@ -321,11 +334,35 @@ class GemmaCausalLM(keras.Model):
         self.backbone.merge_lora_weights()
         self._reset_compiled_functions()
 
-    def export_lora_to_peft(self, directory):
+    def export_lora_to_peft(self, directory, overwrite=False):
         """`GemmaBackbone.export_lora_to_peft`."""
-        self.backbone.export_lora_to_peft(directory)
+        self.backbone.export_lora_to_peft(directory, overwrite=overwrite)
 
     def enable_gradient_checkpointing(self):
         """`GemmaBackbone.enable_gradient_checkpointing`; call `compile()` afterwards."""
         self.backbone.enable_gradient_checkpointing()
         self._reset_compiled_functions()
+
+
+def check_vocabulary_fits(backbone, preprocessor):
+    """`ValueError` when the tokenizer has ids the backbone's embedding has no row for."""
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if tokenizer is None or tokenizer.vocabulary_size <= backbone.vocabulary_size:
+        return
+    raise ValueError(
+        f"The tokenizer has {tokenizer.vocabulary_size} pieces, but the backbone's embedding has "
+        f"only {backbone.vocabulary_size} rows (`vocabulary_size`): ids from "
+        f"{backbone.vocabulary_size} on have no embedding. Use the tokenizer the model was "
+        "trained with, or a backbone with a large enough `vocabulary_size`."
+    )
+
+
+def check_not_empty(x):
+    """`ValueError` for empty training data (Keras' own error is `pop from an empty set`)."""
+    if isinstance(x, (list, tuple, dict)) or hasattr(x, "shape"):
+        empty = len(x) == 0 if not hasattr(x, "shape") else (len(x.shape) > 0 and x.shape[0] == 0)
+        if empty:
+            raise ValueError(
+                f"`x` is empty ({type(x).__name__} of length 0): pass at least one example "
+                "(a string, a list of strings, a dict of token arrays or a `tf.data.Dataset`)."
+            )

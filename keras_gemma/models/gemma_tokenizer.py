@@ -97,7 +97,7 @@ class GemmaTokenizer:
                 f"{type(proto).__name__}"
             )
         self.proto = proto
-        self._sentencepiece = sentencepiece.SentencePieceProcessor(model_proto=proto)
+        self._sentencepiece = _sentencepiece_processor(proto)
         self._tensorflow_sentencepiece = None
         # Control and unknown pieces, longest first: matched in raw text.
         self._special_pieces = sorted(
@@ -396,6 +396,22 @@ class GemmaTokenizer:
         config = self.get_config()
         del config["proto"]
         keras_preset.write_tokenizer(directory, type(self).__name__, config, self.proto)
+
+
+def _sentencepiece_processor(proto):
+    """A SentencePiece processor of `proto`; `ValueError` for an empty or unparsable model."""
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    except RuntimeError as error:
+        processor, problem = None, f"it does not parse ({error})"
+    else:
+        problem = None if processor.get_piece_size() else "it is empty or holds no pieces"
+    if problem is not None:
+        raise ValueError(
+            f"`proto` is not a SentencePiece tokenizer model: {problem}. Pass the bytes or path "
+            "of a `tokenizer.model` / `vocabulary.spm` file."
+        )
+    return processor
 
 
 def _as_text_list(inputs):

@@ -26,6 +26,7 @@ from keras import ops
 from keras_gemma.formats import lora_files
 from keras_gemma.formats import peft
 from keras_gemma.formats.transformers_config import transformers_config_from_backbone
+from keras_gemma.models.weight_checks import warn_non_finite
 
 ATTENTION_TARGETS = ("query", "key", "value", "attention_output")
 FEED_FORWARD_TARGETS = ("ffw_gating", "ffw_gating_2", "ffw_linear")
@@ -249,6 +250,7 @@ def load_lora_weights(backbone, path):
                 "this backbone needs "
                 f"{needed}. The adapter was trained on a different model config."
             )
+    warn_non_finite(sorted(tensors.items()), f"the adapter {os.fspath(path)!r}")
     if state is None:
         enable_lora(backbone, rank, alpha=alpha, target_names=names)
     for key, layer in expected.items():
@@ -301,7 +303,7 @@ def merge_lora_weights(backbone):
 # === PEFT export ===
 
 
-def export_lora_to_peft(backbone, directory, base_model_name_or_path=None):
+def export_lora_to_peft(backbone, directory, base_model_name_or_path=None, overwrite=False):
     """Writes the adapter in Hugging Face PEFT's layout (see `keras_gemma.formats.peft`).
 
     Query/key/value adapters export with rank `heads * rank` (block-diagonal
@@ -333,4 +335,5 @@ def export_lora_to_peft(backbone, directory, base_model_name_or_path=None):
         state.alpha,
         state.target_names,
         base_model=base_model_name_or_path,
+        overwrite=overwrite,
     )

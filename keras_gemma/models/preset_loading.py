@@ -24,6 +24,7 @@ from keras_gemma.formats import preset as preset_files
 from keras_gemma.formats.files import atomic_directory_write
 from keras_gemma.models.gemma_causal_lm_preprocessor import GemmaCausalLMPreprocessor
 from keras_gemma.models.gemma_tokenizer import GemmaTokenizer
+from keras_gemma.models.weight_checks import warn_non_finite
 
 DEFAULT_SEQUENCE_LENGTH = 1024
 
@@ -59,6 +60,7 @@ def build_backbone(backbone_class, data):
         keras_preset.load_weights(backbone, data.directory)
     else:
         assign_weights(backbone, data.tensors, data.source)
+    warn_non_finite(((variable.path, variable.value) for variable in backbone.weights), data.source)
     return backbone
 
 
@@ -94,7 +96,7 @@ def _load_gguf(backbone_class, path, dtype):
         GemmaTokenizer(proto).save_to_preset(staging)
 
     try:
-        atomic_directory_write(cached, write)
+        atomic_directory_write(cached, write, keras_preset.PRESET_FILES, overwrite=True)
     except OSError as error:  # A read-only cache only costs speed.
         loader.progress(f"could not cache the conversion ({error})")
     if dtype is not None and dtype != "float32" and os.path.isdir(cached):

@@ -10,7 +10,8 @@ def write_tiny_gguf(path, architecture="gemma2", num_layers=4, extra=None, tenso
         path: str. The file to write.
         architecture: "gemma", "gemma2" or "gemma3".
         num_layers: int.
-        extra: optional `{key: value}` metadata under the architecture's prefix.
+        extra: optional `{key: value}` metadata under the architecture's prefix,
+            added or replacing the values written (`{"attention.head_count": 0}`).
         tensor_shapes: optional `{GGUF tensor name: shape}` replacing the
             shapes written, for files whose tensors contradict their metadata.
 
@@ -24,15 +25,18 @@ def write_tiny_gguf(path, architecture="gemma2", num_layers=4, extra=None, tenso
     tokens += [f"<0x{byte:02X}>" for byte in range(256)] + ["▁a", "ab"]
     types = [3, 3, 3, 3, 3] + [6] * 256 + [1, 1]
     writer = gguf.GGUFWriter(path, architecture)
-    writer.add_uint32(f"{architecture}.context_length", 128)
-    writer.add_uint32(f"{architecture}.embedding_length", hidden)
-    writer.add_uint32(f"{architecture}.block_count", num_layers)
-    writer.add_uint32(f"{architecture}.feed_forward_length", ffn)
-    writer.add_uint32(f"{architecture}.attention.head_count", heads)
-    writer.add_uint32(f"{architecture}.attention.head_count_kv", kv_heads)
-    writer.add_uint32(f"{architecture}.attention.key_length", head_dim)
-    writer.add_float32(f"{architecture}.attention.layer_norm_rms_epsilon", 1e-6)
-    for key, value in (extra or {}).items():
+    metadata = {
+        "context_length": 128,
+        "embedding_length": hidden,
+        "block_count": num_layers,
+        "feed_forward_length": ffn,
+        "attention.head_count": heads,
+        "attention.head_count_kv": kv_heads,
+        "attention.key_length": head_dim,
+        "attention.layer_norm_rms_epsilon": 1e-6,
+    }
+    metadata.update(extra or {})
+    for key, value in metadata.items():
         if isinstance(value, str):
             writer.add_string(f"{architecture}.{key}", value)
         elif isinstance(value, float):

@@ -61,7 +61,9 @@ def test_read_json_names_the_file(tmp_path):
 def test_failed_directory_write_keeps_the_previous_directory(tmp_path):
     target = tmp_path / "preset"
     files.atomic_directory_write(
-        target, lambda staging: files.write_json(os.path.join(staging, "a.json"), {"old": True})
+        target,
+        lambda staging: files.write_json(os.path.join(staging, "a.json"), {"old": True}),
+        ["a.json"],
     )
 
     def fail(staging):
@@ -69,6 +71,6 @@ def test_failed_directory_write_keeps_the_previous_directory(tmp_path):
         raise OSError("No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        files.atomic_directory_write(target, fail)
+        files.atomic_directory_write(target, fail, ["a.json"])
     assert files.read_json(target / "a.json") == {"old": True}
     assert os.listdir(tmp_path) == ["preset"]

@@ -119,7 +119,7 @@ GENERATE_CASES = [
         "stop_token_ids_unknown_string",
         dict(stop_token_ids="none"),
         ValueError,
-        "`stop_token_ids` must be 'auto', None or a list of ids. Received: 'none'",
+        "`stop_token_ids` holds 'none', which is not a token of this vocabulary",
     ),
     (
         "stop_token_id_negative",
