@@ -122,7 +122,7 @@ def check_seed(seed):
         return None
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ValueError(
-            f"`seed` must be an integer or None. Received: seed={seed!r} ({type(seed).__name__})"
+            f"`seed` must be an int or None. Received: seed={seed!r} ({type(seed).__name__})"
         )
     return int(seed) % (2**31)
 
