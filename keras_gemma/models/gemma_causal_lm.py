@@ -1,6 +1,7 @@
 """Gemma as a causal language model: backbone plus the tied-embedding head."""
 
 import keras
+import numpy as np
 
 from keras_gemma import samplers as sampler_lib
 from keras_gemma.formats import keras_preset
@@ -56,6 +57,16 @@ class GemmaCausalLM(keras.Model):
         self._generator = None
         if compile:
             self.compile()
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras refuses a dict mixing NumPy arrays and tensors (say, the
+        # preprocessor's NumPy ids with an `ops.ones_like` mask).
+        if isinstance(inputs, dict) and len({type(value) for value in inputs.values()}) > 1:
+            inputs = {
+                key: keras.ops.convert_to_tensor(value) if isinstance(value, np.ndarray) else value
+                for key, value in inputs.items()
+            }
+        return super().__call__(inputs, *args, **kwargs)
 
     # === Training ===
 

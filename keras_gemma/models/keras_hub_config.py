@@ -129,6 +129,9 @@ def accepts_keras_hub_arguments(family):
                 return init(self, *args, **kwargs)
             return init(self, **our_arguments(family, bound))
 
+        # Keras reads the constructor's arguments with `getfullargspec`,
+        # which does not follow `__wrapped__`.
+        wrapper.__signature__ = signature
         return wrapper
 
     return decorate

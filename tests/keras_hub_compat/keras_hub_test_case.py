@@ -58,7 +58,7 @@ def _word_vocabulary(path, sentences, user_defined=()):
         input=corpus,
         model_prefix=path[: -len(".spm")],
         model_type="WORD",
-        vocab_size=4 + len(user_defined) + len({w for s in sentences for w in s.split()}),
+        vocab_size=4 + len({word for sentence in sentences for word in sentence.split()}),
         pad_id=0,
         bos_id=1,
         eos_id=2,
@@ -67,11 +67,27 @@ def _word_vocabulary(path, sentences, user_defined=()):
         bos_piece="<bos>",
         eos_piece="<eos>",
         unk_piece="<unk>",
-        user_defined_symbols=list(user_defined),
         num_threads=1,
         minloglevel=2,
     )
     os.replace(path[: -len(".spm")] + ".model", path)
+    if user_defined:
+        # Inserted after `<unk>` by hand: the trainer would also count them as words.
+        from sentencepiece import sentencepiece_model_pb2
+
+        model = sentencepiece_model_pb2.ModelProto()
+        with open(path, "rb") as file:
+            model.ParseFromString(file.read())
+        pieces = list(model.pieces)
+        del model.pieces[:]
+        for piece in pieces[:4]:
+            model.pieces.append(piece)
+        for symbol in user_defined:
+            model.pieces.add(piece=symbol, score=0.0, type=4)  # USER_DEFINED
+        for piece in pieces[4:]:
+            model.pieces.append(piece)
+        with open(path, "wb") as file:
+            file.write(model.SerializeToString())
 
 
 def test_data_dir():
@@ -118,12 +134,19 @@ class TestCase(parameterized.TestCase):
 
     def assertAllClose(self, x1, x2, atol=1e-6, rtol=1e-6, msg=None):
         x1, x2 = _comparable(x1), _comparable(x2)
-        flat1, flat2 = tree.flatten(x1), tree.flatten(x2)
-        self.assertEqual(len(flat1), len(flat2), msg)
-        for first, second in zip(flat1, flat2):
-            np.testing.assert_allclose(
-                np.asarray(first, "float64"), np.asarray(second, "float64"), atol=atol, rtol=rtol
-            )
+        if isinstance(x1, dict) or isinstance(x2, dict):
+            self.assertEqual(sorted(x1), sorted(x2), msg)
+            for key in x1:
+                self.assertAllClose(x1[key], x2[key], atol, rtol, msg)
+            return
+        if isinstance(x1, tuple) or isinstance(x2, tuple):
+            self.assertEqual(len(x1), len(x2), msg)
+            for first, second in zip(x1, x2):
+                self.assertAllClose(first, second, atol, rtol, msg)
+            return
+        np.testing.assert_allclose(
+            np.asarray(x1, "float64"), np.asarray(x2, "float64"), atol=atol, rtol=rtol
+        )
 
     def assertAllEqual(self, x1, x2, msg=None):
         x1, x2 = _comparable(x1), _comparable(x2)
