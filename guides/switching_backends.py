@@ -17,12 +17,13 @@ imported. This guide shows how to pick it, what changes between backends
 (the tensor types you get back, how generation is compiled) and what does not
 (the weights, the presets, the generated text).
 
-Install the backends you want next to `keras-gemma`:
+Install the backends you want with keras_gemma, from a checkout of its
+repository (it is not on PyPI):
 
 ```shell
-pip install "keras-gemma[jax,embedded]"         # JAX
-pip install "keras-gemma[torch,embedded]"       # PyTorch
-pip install "keras-gemma[tensorflow,embedded]"  # TensorFlow (+ tensorflow-text)
+pip install ".[jax,embedded]"         # JAX
+pip install ".[torch,embedded]"       # PyTorch
+pip install ".[tensorflow,embedded]"  # TensorFlow (+ tensorflow-text)
 ```
 
 JAX and PyTorch users never need TensorFlow: the tokenizer uses the

@@ -190,7 +190,8 @@ def test_finetune_lora_on_jsonl(tmp_path, saved_preset):
         assert_one_line_error(result.stderr.splitlines()[-1] + "\n", contains="LoRA")
         return
     assert_ok(result)
-    assert "loss" in result.stderr
+    # Progress while training: bar, step, loss and ETA (3 examples, batch 2: 2 steps).
+    assert re.search(r"epoch 2/2 \[=+\] 2/2 - loss: \d+\.\d{4} - ETA: 0s", result.stderr)
     assert "final loss:" in result.stderr
     assert adapter.is_file()
     lm = keras_gemma.GemmaCausalLM.from_preset(saved_preset)
@@ -307,3 +308,67 @@ def test_sampler_options():
     assert type(sampler("--top-p", "0.8")).__name__ == "TopPSampler"
     assert type(sampler("--sampler", "min_p", "--min-p", "0.1")).__name__ == "MinPSampler"
     assert sampler("--top-k", "7").get_config()["k"] == 7
+
+
+# === The first hour (issue 21) ===
+
+HELP_IMPORTS = """
+import sys
+sys.argv = ["keras-gemma", "--help"]  # as the console script sets it
+from keras_gemma import cli
+try:
+    cli.main(["--help"])
+except SystemExit:
+    pass
+print("imported:", sorted(m for m in ("keras", "jax", "torch", "tensorflow") if m in sys.modules))
+"""
+
+
+def test_help_imports_no_backend_prints_examples_and_nothing_else():
+    result = run_cli("--help")
+    assert_ok(result)
+    assert "examples:" in result.stdout and 'keras-gemma generate "' in result.stdout
+    assert result.stderr == ""
+    env = dict(os.environ, PYTHONPATH=REPOSITORY)
+    console = subprocess.run(
+        [sys.executable, "-c", HELP_IMPORTS], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert console.returncode == 0, console.stderr
+    assert console.stdout.splitlines()[-1] == "imported: []"
+
+
+def test_native_log_lines_are_filtered(capfd):
+    with cli._native_log_filter():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called\n")
+        os.write(2, b"I0000 00:00:1 12 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"E0000 00:00:1 12 cuda_dnn.cc:1] Unable to register cuDNN factory\n")
+        os.write(2, b"a line of ours\n")
+    assert capfd.readouterr().err == "a line of ours\n"
+
+
+def test_unrelated_preset_name_gets_no_suggestion(capsys):
+    assert cli.main(["generate", "--preset", "nope_preset", "hi"]) == 1
+    assert "Did you mean" not in capsys.readouterr().err
+    assert cli.main(["generate", "--preset", "gemma3_270", "hi"]) == 1
+    assert "Did you mean 'gemma3_270m'?" in capsys.readouterr().err
+
+
+def test_chat_on_a_pretrained_preset_names_an_instruction_tuned_one():
+    from keras_gemma.commands.chat import pretrained_warning
+
+    warning = pretrained_warning("gemma3_270m")
+    assert "pretrained" in warning and "--preset gemma3_instruct_270m" in warning
+    assert pretrained_warning("gemma3_instruct_270m") is None
+    assert pretrained_warning("./a_local_dir") is None
+
+
+@pytest.mark.parametrize(
+    "cores, load, threads", [(2, 0.0, 2), (2, 0.6, 1), (2, 4.0, 1), (16, 3.4, 13), (1, 0.0, 1)]
+)
+def test_torch_threads_leave_busy_cores_alone(cores, load, threads):
+    assert cli.torch_thread_count(cores, load) == threads
+
+
+def test_progress_line():
+    line = finetune.progress_line(5, 10, 1, 2, 2.34567, elapsed=10.0)
+    assert line == "epoch 1/2 [=========>          ] 5/10 - loss: 2.3457 - ETA: 30s"

@@ -122,3 +122,20 @@ def test_gguf_load_and_generate_need_only_declared_dependencies(tmp_path):
                 assert (
                     json.load(f)["backend"] == "tensorflow"
                 )  # Keras' own default, written by Keras.
+
+
+def test_install_lines_work_as_written():
+    """keras-gemma is not on PyPI: every `pip install` line installs from a checkout
+    (`pip install ".[extras]"`) or names a package that is on PyPI."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [os.path.join(root, "README.md")]
+    for folder in ("guides", "keras_gemma"):
+        for directory, _, names in os.walk(os.path.join(root, folder)):
+            paths += [os.path.join(directory, n) for n in names if n.endswith((".py", ".md"))]
+    offending = []
+    for path in paths:
+        with open(path, encoding="utf-8") as file:
+            for number, line in enumerate(file, 1):
+                if re.search(r"pip install\s+[\"']?keras-gemma", line):
+                    offending.append(f"{os.path.relpath(path, root)}:{number}: {line.strip()}")
+    assert not offending, "\n".join(offending)

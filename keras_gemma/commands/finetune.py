@@ -1,8 +1,10 @@
 """`keras-gemma finetune`: LoRA fine-tuning on a `.jsonl` or text file."""
 
 import json
+import math
 import os
 import sys
+import time
 
 import keras
 
@@ -70,6 +72,51 @@ def _render_examples(examples, tokenizer):
     return texts
 
 
+def progress_line(step, steps, epoch, epochs, loss, elapsed):
+    """`epoch 1/2 [=====>    ] 5/10 - loss: 2.3456 - ETA: 12s` for the training status."""
+    done = (epoch - 1) * steps + step
+    remaining = elapsed / done * (epochs * steps - done) if done else 0.0
+    width = 20
+    filled = width * step // steps
+    bar = "=" * max(filled - 1, 0) + (">" if 0 < filled < width else "=" * (filled == width))
+    return (
+        f"epoch {epoch}/{epochs} [{bar.ljust(width)}] {step}/{steps} - loss: {loss:.4f} - "
+        f"ETA: {remaining:.0f}s"
+    )
+
+
+class Progress(keras.callbacks.Callback):
+    """Training progress on stderr (stdout stays free): a bar with loss and ETA.
+
+    On a terminal the line is redrawn in place; otherwise (a pipe, a log) a
+    line is written at most every 2 seconds and at the end of each epoch.
+    """
+
+    def __init__(self, steps, epochs):
+        super().__init__()
+        self.steps, self.epochs = steps, epochs
+        self.interactive = sys.stderr.isatty()
+        self.start = self.last = None
+        self.epoch = 1
+
+    def on_train_begin(self, logs=None):
+        self.start = self.last = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.monotonic()
+        step = batch + 1
+        if not self.interactive and step < self.steps and now - self.last < 2.0:
+            return
+        self.last = now
+        loss = float((logs or {}).get("loss", float("nan")))
+        line = progress_line(step, self.steps, self.epoch, self.epochs, loss, now - self.start)
+        end = "\n" if not self.interactive or step == self.steps else ""
+        print(("\r" if self.interactive else "") + line, end=end, file=sys.stderr, flush=True)
+
+
 def run(args):
     examples = read_examples(args.data)
     output = args.output
@@ -96,7 +143,8 @@ def run(args):
         texts,
         epochs=args.epochs,
         batch_size=args.batch_size,
-        verbose=1 if sys.stderr.isatty() else 2,
+        verbose=0,
+        callbacks=[Progress(math.ceil(len(texts) / args.batch_size), args.epochs)],
     )
     losses = history.history.get("loss", [])
     if losses:

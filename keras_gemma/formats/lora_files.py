@@ -25,7 +25,7 @@ def adapter_format(path):
         if path.endswith(suffix):
             return suffix
     raise ValueError(
-        f"An adapter file name must end in one of {list(ADAPTER_SUFFIXES)}. Received: path={path!r}"
+        f"An adapter filename must end in one of {list(ADAPTER_SUFFIXES)}. Received: path={path!r}"
     )
 
 

@@ -25,6 +25,9 @@ from keras_gemma.formats.variables import variable_shapes
 _PACKAGE_DATA_DIR = "_presets"  # keras_gemma/_presets/*.json in a wheel.
 _SOURCE_DIR = pathlib.Path(__file__).resolve().parents[2] / "presets"
 
+SUGGESTION_CUTOFF = 0.6
+"""How similar (difflib ratio) a name must be to a preset's to be suggested."""
+
 
 def _preset_files():
     """Returns {name: (JSON text, where)} from the first location that has presets."""
@@ -80,7 +83,8 @@ def preset_info(name):
     registry = _registry()
     if not is_registered(name):
         valid = sorted(registry)
-        closest = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.0)
+        # difflib's default cutoff: a typo gets a suggestion, an unrelated name none.
+        closest = difflib.get_close_matches(str(name), valid, n=1, cutoff=SUGGESTION_CUTOFF)
         hint = f" Did you mean {closest[0]!r}?" if closest else ""
         raise ValueError(f"Unknown preset {name!r}.{hint} Registered presets: {', '.join(valid)}.")
     return copy.deepcopy(registry[name])

@@ -1,6 +1,6 @@
 """`kaggle://` and `hf://` handles: download with kagglehub / huggingface_hub.
 
-Both are optional extras (`pip install 'keras-gemma[kaggle]'` / `[hf]`).
+Both are optional extras (`pip install '.[kaggle]'` / `'.[hf]'` from a checkout).
 Files land in those libraries' own caches, and a handle already there loads
 without network. Without network, a download fails within seconds (a quick
 DNS and TCP probe before the library's own retries) with a `ConnectionError`
@@ -70,7 +70,7 @@ def _import(module, extra, package):
     except ImportError:
         raise ImportError(
             f"Downloading this handle needs the `{package}` package. Install it with:\n"
-            f"    pip install 'keras-gemma[{extra}]'   (or: pip install {package})"
+            f"    pip install {package}   (or, in a keras_gemma checkout: pip install '.[{extra}]')"
         ) from None
 
 

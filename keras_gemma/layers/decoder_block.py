@@ -160,6 +160,11 @@ class GemmaDecoderBlock(keras.layers.Layer):
             )
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=policy)
 
+    @property
+    def use_sliding_window_attention(self):
+        """Whether this is a sliding-window layer (keras-hub's attribute name)."""
+        return self.layer_type == SLIDING_ATTENTION
+
     def build(self, input_shape):
         self.pre_attention_norm.build(input_shape)
         self.attention.build(input_shape)

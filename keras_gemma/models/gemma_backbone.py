@@ -12,6 +12,9 @@ from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.decoder_block import GemmaDecoderBlock
 from keras_gemma.layers.layer_calls import call_layer
 from keras_gemma.layers.rms_normalization import RMSNormalization
+from keras_gemma.models import float8_order
+from keras_gemma.models import keras_hub_config
+from keras_gemma.models import keras_hub_task
 from keras_gemma.models import layout_map as layout_map_lib
 from keras_gemma.models import lora
 from keras_gemma.models import preset_loading
@@ -106,7 +109,8 @@ def _layer_policy(layer):
     """The policy a layer was built with (resolving a `DTypePolicyMap`)."""
     policy = layer.dtype_policy
     if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-        return policy[layer.path]
+        # Input layers have no path: they hold no weights to quantize.
+        return policy.default_policy if layer.path is None else policy[layer.path]
     return policy
 
 
@@ -141,6 +145,11 @@ class GemmaBackbone(keras.Model):
     `num_layers` decoder blocks whose attention type comes from `layer_types`,
     then a final RMS normalization. The output is the hidden states; the
     language-model head (tied embedding, final soft-cap) is in `GemmaCausalLM`.
+
+    keras-hub's arguments (`use_sliding_window_attention`,
+    `query_head_dim_normalize`, with `intermediate_dim` the width of both
+    feed-forward branches) build the model keras-hub builds from them; see
+    `keras_gemma.models.keras_hub_config` for when a config counts as keras-hub's.
 
     Args:
         vocabulary_size: int.
@@ -191,6 +200,7 @@ class GemmaBackbone(keras.Model):
     ```
     """
 
+    @keras_hub_config.accepts_keras_hub_arguments("gemma")
     def __init__(
         self,
         vocabulary_size,
@@ -330,6 +340,7 @@ class GemmaBackbone(keras.Model):
             # `Functional.__init__` drops `dtype`: set it so `get_config` (and
             # `.keras` files) record the policy the layers were built with.
             self.dtype_policy = dtype
+            float8_order.order_like_quantize(self)
 
         # Layers are attached after `Model.__init__` (PyTorch modules refuse
         # attributes before it).
@@ -422,7 +433,9 @@ class GemmaBackbone(keras.Model):
 
     # === LoRA (implemented in `keras_gemma.models.lora`) ===
 
-    def enable_lora(self, rank, alpha=None, target_names=("query", "value")):
+    def enable_lora(
+        self, rank, alpha=None, target_names=("query", "value"), target_layer_names=None
+    ):
         """Freezes every weight and adds trainable LoRA adapters.
 
         Uses Keras' own `enable_lora` on the projection layers of every block.
@@ -436,12 +449,15 @@ class GemmaBackbone(keras.Model):
                 "attention_output", "ffw_gating", "ffw_gating_2",
                 "ffw_linear", or a set name: "attention" (the four attention
                 projections) or "all" (attention and feed-forward).
+            target_layer_names: keras-hub's name for `target_names`; its layer
+                names ("query_dense", "value_dense", ...) are accepted too.
 
         Example:
         ```python
         backbone.enable_lora(rank=4, target_names="attention")
         ```
         """
+        target_names = keras_hub_task.lora_target_names(target_names, target_layer_names)
         lora.enable_lora(self, rank, alpha=alpha, target_names=target_names)
 
     def save_lora_weights(self, path):

@@ -1,6 +1,7 @@
 """Gemma as a causal language model: backbone plus the tied-embedding head."""
 
 import keras
+import numpy as np
 
 from keras_gemma import samplers as sampler_lib
 from keras_gemma.formats import keras_preset
@@ -10,6 +11,7 @@ from keras_gemma.generation import prompts
 from keras_gemma.generation.chat_session import ChatSession
 from keras_gemma.generation.engine import CompiledGenerator
 from keras_gemma.layers.tied_logits import logits_from_hidden_states
+from keras_gemma.models import keras_hub_task
 from keras_gemma.models import preset_loading
 from keras_gemma.models.gemma_backbone import GemmaBackbone
 
@@ -29,7 +31,10 @@ class GemmaCausalLM(keras.Model):
     Args:
         backbone: a `GemmaBackbone`.
         preprocessor: a `GemmaCausalLMPreprocessor` or None. Needed for string
-            inputs to `generate`, `fit` and `score`.
+            inputs to `generate`, `fit`, `predict` and `score`.
+        compile: bool. Whether to `compile()` with the defaults right away
+            (as keras-hub's task models do), so `fit()` works without a
+            `compile()` call. False leaves the model uncompiled.
 
     Example:
     ```python
@@ -38,7 +43,7 @@ class GemmaCausalLM(keras.Model):
     ```
     """
 
-    def __init__(self, backbone, preprocessor=None, **kwargs):
+    def __init__(self, backbone, preprocessor=None, compile=True, **kwargs):
         check_vocabulary_fits(backbone, preprocessor)
         # === Functional Model ===
         inputs = backbone.input
@@ -51,6 +56,18 @@ class GemmaCausalLM(keras.Model):
         self.preprocessor = preprocessor
         self.sampler = sampler_lib.GreedySampler()
         self._generator = None
+        if compile:
+            self.compile()
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Keras refuses a dict mixing NumPy arrays and tensors (say, the
+        # preprocessor's NumPy ids with an `ops.ones_like` mask).
+        if isinstance(inputs, dict) and len({type(value) for value in inputs.values()}) > 1:
+            inputs = {
+                key: keras.ops.convert_to_tensor(value) if isinstance(value, np.ndarray) else value
+                for key, value in inputs.items()
+            }
+        return super().__call__(inputs, *args, **kwargs)
 
     # === Training ===
 
@@ -82,10 +99,15 @@ class GemmaCausalLM(keras.Model):
         if weighted_metrics == "auto":
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy()]
         self.sampler = sampler_lib.get(sampler)
+        self._generator = None  # Generation retraces with the new settings.
         super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
 
     def _preprocess_for_training(self, x, y, sample_weight):
-        if not prompts.is_text(x):
+        if keras_hub_task.is_text_pairs(x):
+            x = {key: prompts.text_list(value) for key, value in x.items()}
+        elif prompts.is_text(x):
+            x = prompts.text_list(x)
+        else:
             return x, y, sample_weight
         if self.preprocessor is None:
             raise ValueError(
@@ -96,7 +118,7 @@ class GemmaCausalLM(keras.Model):
             raise ValueError(
                 "With string inputs, labels and weights come from the text; pass only `x`."
             )
-        return self.preprocessor(prompts.text_list(x))
+        return self.preprocessor(x)
 
     def fit(
         self, x=None, y=None, batch_size=None, sample_weight=None, validation_data=None, **kwargs
@@ -104,8 +126,10 @@ class GemmaCausalLM(keras.Model):
         """`keras.Model.fit`, also on raw strings, lists, NumPy or `tf.data`.
 
         Strings are packed by the preprocessor (next-token labels, padding
-        masked out of the loss). A `tf.data.Dataset` of strings is mapped
-        through the preprocessor; everything else goes to Keras unchanged.
+        masked out of the loss); `{"prompts": [...], "responses": [...]}`
+        puts the loss on the responses only. A `tf.data.Dataset` of either
+        (also of `(x,)` tuples) is mapped through the preprocessor;
+        everything else goes to Keras unchanged.
         """
         x, y, sample_weight = self._preprocess_dataset_or_text(x, y, sample_weight)
         if validation_data is not None and prompts.is_text(validation_data):
@@ -123,15 +147,33 @@ class GemmaCausalLM(keras.Model):
         x, y, sample_weight = self._preprocess_dataset_or_text(x, y, sample_weight)
         return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
+    def predict(self, x, batch_size=None, **kwargs):
+        """`keras.Model.predict`, also on raw strings and `tf.data` of strings.
+
+        Strings are packed by the preprocessor as for `fit()`; the result is
+        the logits `[batch, sequence_length, vocabulary_size]`.
+        """
+        x, _, _ = self._preprocess_dataset_or_text(x, None, None)
+        return super().predict(x, batch_size=batch_size, **kwargs)
+
     def _preprocess_dataset_or_text(self, x, y, sample_weight):
         check_not_empty(x)
-        if prompts.is_string_dataset(x):
+        if keras_hub_task.is_text_dataset(x):
             if self.preprocessor is None:
                 raise ValueError("A dataset of strings needs a preprocessor.")
-            return x.map(self.preprocessor), None, None
+            return keras_hub_task.map_text_dataset(x, self.preprocessor), None, None
         return self._preprocess_for_training(x, y, sample_weight)
 
     # === Generation ===
+
+    @property
+    def generate_function(self):
+        """The compiled generation programs (`generator`) once built, else None.
+
+        keras-hub's name: it stays the same across `generate()` calls and is
+        reset by `compile()`.
+        """
+        return self._generator
 
     @property
     def generator(self):
@@ -237,25 +279,43 @@ class GemmaCausalLM(keras.Model):
             self, max_length=max_length, sampler=sampler, stop_token_ids=stop_token_ids
         )
 
-    def score(self, inputs):
+    def score(
+        self,
+        inputs=None,
+        token_ids=None,
+        padding_mask=None,
+        scoring_mode="logits",
+        layer_intercept_fn=None,
+        target_ids=None,
+    ):
         """Per-token log-likelihoods under the model.
 
         Args:
             inputs: a string, list of strings (tokenized with the start token),
                 or a dict with "token_ids" and "padding_mask".
+            token_ids, padding_mask, scoring_mode, target_ids: keras-hub's
+                form, used instead of `inputs`: `scoring_mode="logits"`
+                returns the logits `[batch, seq, vocabulary_size]`, "loss" the
+                cross-entropy of `target_ids` `[batch, seq]` per token.
+            layer_intercept_fn: not supported (an error says what to use).
 
         Returns:
             For strings: a float32 array (or list of arrays) of
             `log p(token_i | tokens_<i)` for every token after the first. For a
-            dict: a float32 array `[batch, seq - 1]`, zero where the scored token
-            is padding.
+            dict: a float32 array `[batch, L - 1]`, where `L` is the length of
+            the longest row without its padding (columns past it would be
+            padding only), zero where the scored token is padding.
         """
+        if token_ids is not None:
+            return keras_hub_task.score_tokens(
+                self, token_ids, padding_mask, scoring_mode, target_ids, layer_intercept_fn
+            )
         return text_generation.score(self, inputs)
 
     # === Presets ===
 
     @classmethod
-    def from_preset(cls, handle, dtype=None, sequence_length=None):
+    def from_preset(cls, handle, dtype=None, sequence_length=None, preprocessor=None):
         """Loads a causal LM and, when the preset has a vocabulary, its preprocessor.
 
         Args:
@@ -266,7 +326,18 @@ class GemmaCausalLM(keras.Model):
             dtype: dtype or policy for the weights ("float32", "bfloat16", ...).
             sequence_length: int. The preprocessor's training sequence length;
                 by default the preset's own (`preprocessor.json`), else 1024.
+            preprocessor: a `GemmaCausalLMPreprocessor` to use instead of the
+                preset's (keras-hub's argument); then `sequence_length` must
+                be None.
         """
+        if preprocessor is not None:
+            if sequence_length is not None:
+                raise ValueError(
+                    "Pass `sequence_length` or `preprocessor`, not both: the preprocessor "
+                    "has its own `sequence_length`."
+                )
+            backbone = GemmaBackbone.from_preset(handle, dtype=dtype)
+            return cls(backbone=backbone, preprocessor=preprocessor)
         backbone, preprocessor = preset_loading.load_backbone_and_preprocessor(
             GemmaBackbone, handle, dtype=dtype, sequence_length=sequence_length
         )
@@ -315,9 +386,13 @@ class GemmaCausalLM(keras.Model):
         self.train_function = self.test_function = self.predict_function = None
         self._generator = None
 
-    def enable_lora(self, rank, alpha=None, target_names=("query", "value")):
+    def enable_lora(
+        self, rank, alpha=None, target_names=("query", "value"), target_layer_names=None
+    ):
         """`GemmaBackbone.enable_lora`; call `compile()` afterwards."""
-        self.backbone.enable_lora(rank, alpha=alpha, target_names=target_names)
+        self.backbone.enable_lora(
+            rank, alpha=alpha, target_names=target_names, target_layer_names=target_layer_names
+        )
         self._reset_compiled_functions()
 
     def save_lora_weights(self, path):

@@ -45,7 +45,11 @@ class GemmaCausalLMPreprocessor:
 
     Call arguments:
         x: a string, a list or 1-D NumPy array of strings, or a string
-            `tf.Tensor` of rank 0 or 1.
+            `tf.Tensor` of rank 0 or 1. Or a dict `{"prompts": ...,
+            "responses": ...}` of such (keras-hub's supervised fine-tuning
+            format): each pair is packed `<bos> prompt response <eos>` and the
+            sample weights are 1 only on the response and end tokens, so the
+            loss is on the responses alone.
         y: must be None; the labels are derived from `x`.
         sample_weight: must be None; the weights are derived from `x`.
 
@@ -95,6 +99,8 @@ class GemmaCausalLMPreprocessor:
                 "from the text itself; pass only `x`. Received: "
                 f"y={y!r}, sample_weight={sample_weight!r}"
             )
+        if isinstance(x, dict):
+            return self._call_on_pairs(x)
         token_ids, padding_mask = self._pack(
             x,
             length=self.sequence_length + 1,
@@ -112,6 +118,69 @@ class GemmaCausalLMPreprocessor:
         else:
             sample_weight = padding_mask[..., 1:].astype("float32")
         return inputs, labels, sample_weight
+
+    def _call_on_pairs(self, x):
+        """`{"prompts", "responses"}` -> inputs, labels, and weights on the responses only."""
+        if sorted(x) != ["prompts", "responses"]:
+            raise ValueError(
+                'A dict input must have exactly the keys "prompts" and "responses" '
+                f"(keras-hub's supervised fine-tuning format). Received keys: {sorted(x)}"
+            )
+        if is_tensorflow_tensor(x["prompts"]):
+            return self._tensorflow_call_on_pairs(x["prompts"], x["responses"])
+        token_ids, padding_mask, response_mask = self._pack_pairs(x["prompts"], x["responses"])
+        inputs = {"token_ids": token_ids[..., :-1], "padding_mask": padding_mask[..., :-1]}
+        sample_weight = (response_mask[..., 1:] & padding_mask[..., 1:]).astype("float32")
+        return inputs, token_ids[..., 1:], sample_weight
+
+    def _pack_pairs(self, prompts, responses):
+        """Packs `<bos> prompt response <eos>`; the third output marks response and end tokens."""
+        prompt_ids, response_ids = self.tokenizer(prompts), self.tokenizer(responses)
+        is_batch = not prompt_ids or isinstance(prompt_ids[0], list)
+        if not is_batch:
+            prompt_ids, response_ids = [prompt_ids], [response_ids]
+        if len(prompt_ids) != len(response_ids):
+            raise ValueError(
+                f"Got {len(prompt_ids)} prompts and {len(response_ids)} responses: pass one "
+                "response per prompt."
+            )
+        length = self.sequence_length + 1
+        start, end = self._special_ids(self.add_end_token)
+        content_limit = length - len(start) - len(end)
+        token_ids = np.full((len(prompt_ids), length), self.tokenizer.pad_token_id, "int32")
+        padding_mask = np.zeros((len(prompt_ids), length), bool)
+        response_mask = np.zeros((len(prompt_ids), length), bool)
+        for index, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
+            # (token id, is a response token) pairs, truncated together.
+            content = [(i, False) for i in prompt] + [(i, True) for i in response]
+            if len(content) > content_limit:
+                content = self._truncate(content, content_limit, index, length)
+            row = [(i, False) for i in start] + content + [(i, True) for i in end]
+            token_ids[index, : len(row)] = [i for i, _ in row]
+            padding_mask[index, : len(row)] = True
+            response_mask[index, : len(row)] = [is_response for _, is_response in row]
+        if not is_batch:
+            return token_ids[0], padding_mask[0], response_mask[0]
+        return token_ids, padding_mask, response_mask
+
+    def _tensorflow_call_on_pairs(self, prompts, responses):
+        """The pair format inside `tf.data`: the NumPy packing, run by `tf.numpy_function`."""
+        import tensorflow
+
+        def pack(prompts, responses):
+            decode = np.vectorize(lambda text: text.decode("utf-8"), otypes=[object])
+            prompts, responses = decode(prompts).tolist(), decode(responses).tolist()
+            return self._pack_pairs(prompts, responses)
+
+        token_ids, padding_mask, response_mask = tensorflow.numpy_function(
+            pack, [prompts, responses], ["int32", "bool", "bool"], stateful=False
+        )
+        shape = prompts.shape.concatenate([self.sequence_length + 1])
+        for tensor in (token_ids, padding_mask, response_mask):
+            tensor.set_shape(shape)
+        inputs = {"token_ids": token_ids[..., :-1], "padding_mask": padding_mask[..., :-1]}
+        weights = tensorflow.logical_and(response_mask[..., 1:], padding_mask[..., 1:])
+        return inputs, token_ids[..., 1:], tensorflow.cast(weights, "float32")
 
     def generate_preprocess(self, x, sequence_length=None):
         """Packs prompts for generation: start token, no end token.

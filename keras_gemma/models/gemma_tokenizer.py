@@ -11,6 +11,11 @@ import sentencepiece
 
 from keras_gemma.formats import keras_preset
 from keras_gemma.formats import loader
+from keras_gemma.models.special_tokens import BOS_TOKEN
+from keras_gemma.models.special_tokens import EOS_TOKEN
+from keras_gemma.models.special_tokens import PAD_TOKEN
+from keras_gemma.models.special_tokens import VocabularySize
+from keras_gemma.models.special_tokens import special_token_ids
 
 START_OF_TURN_TOKEN = "<start_of_turn>"
 END_OF_TURN_TOKEN = "<end_of_turn>"
@@ -98,6 +103,7 @@ class GemmaTokenizer:
             )
         self.proto = proto
         self._sentencepiece = _sentencepiece_processor(proto)
+        self._special_ids = special_token_ids(self._sentencepiece)
         self._tensorflow_sentencepiece = None
         # Control and unknown pieces, longest first: matched in raw text.
         self._special_pieces = sorted(
@@ -123,8 +129,12 @@ class GemmaTokenizer:
 
     @property
     def vocabulary_size(self):
-        """The number of pieces in the vocabulary."""
-        return self._sentencepiece.get_piece_size()
+        """The number of pieces in the vocabulary.
+
+        An int that can also be called, `tokenizer.vocabulary_size()`, as
+        keras-hub's tokenizers spell it.
+        """
+        return VocabularySize(self._sentencepiece.get_piece_size())
 
     def get_vocabulary(self):
         """Returns the list of pieces, indexed by id."""
@@ -149,17 +159,44 @@ class GemmaTokenizer:
     def _optional_id(self, index):
         return None if index < 0 else index
 
+    # Ids of `<pad>`, `<bos>` and `<eos>`: the trainer spec's, else the
+    # pieces' (checked in `__init__`). keras-hub's names are aliases.
+
     @property
     def pad_token_id(self):
-        return self._optional_id(self._sentencepiece.pad_id())
+        return self._special_ids[PAD_TOKEN]
 
     @property
     def bos_token_id(self):
-        return self._optional_id(self._sentencepiece.bos_id())
+        return self._special_ids[BOS_TOKEN]
 
     @property
     def eos_token_id(self):
-        return self._optional_id(self._sentencepiece.eos_id())
+        return self._special_ids[EOS_TOKEN]
+
+    @property
+    def start_token_id(self):
+        """keras-hub's name for `bos_token_id`."""
+        return self.bos_token_id
+
+    @property
+    def end_token_id(self):
+        """keras-hub's name for `eos_token_id`."""
+        return self.eos_token_id
+
+    @property
+    def pad_token(self):
+        return self.id_to_token(self.pad_token_id)
+
+    @property
+    def start_token(self):
+        """The start piece, `<bos>` (keras-hub's name)."""
+        return self.id_to_token(self.bos_token_id)
+
+    @property
+    def end_token(self):
+        """The end piece, `<eos>` (keras-hub's name)."""
+        return self.id_to_token(self.eos_token_id)
 
     @property
     def unk_token_id(self):

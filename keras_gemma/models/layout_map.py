@@ -179,8 +179,9 @@ def backbone_layout_map(
         device_mesh: a `keras.distribution.DeviceMesh`.
         model_parallel_dim_name: str. Mesh axis for model parallelism.
         data_parallel_dim_name: str or None. Mesh axis for data parallelism.
-        config: dict. The backbone config; required when called on the
-            class, defaults to the backbone's own.
+        config: dict. The backbone config; defaults to the backbone's own.
+            Called on the class without one, keras-hub's layout, which
+            does not know the sizes (`size_free_layout_map`).
 
     Returns:
         A `keras.distribution.LayoutMap`.
@@ -200,14 +201,32 @@ def backbone_layout_map(
     """
     if config is None:
         if backbone is None:
-            raise ValueError(
-                "Called on the class, `get_layout_map` needs the backbone config: "
-                "`GemmaBackbone.get_layout_map(mesh, config=config)` (a config dict "
-                "such as `backbone.get_config()` or a preset's), or call it on a "
-                "backbone: `backbone.get_layout_map(mesh)`."
+            return size_free_layout_map(
+                device_mesh, model_parallel_dim_name, data_parallel_dim_name
             )
         config = backbone.get_config()
     return get_layout_map(config, device_mesh, model_parallel_dim_name, data_parallel_dim_name)
+
+
+def size_free_layout_map(device_mesh, model_axis="model", data_axis="batch"):
+    """The layout keras-hub's `GemmaBackbone.get_layout_map(mesh)` gives, sizes unknown.
+
+    Called on the class without a config, the sizes are unknown, so every
+    kernel is split as keras-hub splits it, key/value kernels on their head
+    axis (`(model, batch, None)`) like the query's, whether or not the mesh
+    divides the sizes. Pass `config=` (or call it on a backbone) for the
+    size-aware layout above.
+    """
+    _mesh_size(device_mesh, model_axis)
+    _mesh_size(device_mesh, data_axis)
+    layout_map = keras.distribution.LayoutMap(device_mesh)
+    block = r"decoder_block_\d+/"
+    layout_map["token_embedding/embeddings"] = (model_axis, data_axis)
+    layout_map[block + "attention/(query|key|value)/kernel"] = (model_axis, data_axis, None)
+    layout_map[block + "attention/attention_output/kernel"] = (model_axis, None, data_axis)
+    layout_map[block + "feed_forward/ffw_gating(_2)?/kernel"] = (data_axis, model_axis)
+    layout_map[block + "feed_forward/ffw_linear/kernel"] = (model_axis, data_axis)
+    return layout_map
 
 
 class ConfigMethod:

@@ -99,7 +99,8 @@ def _require_state(backbone, action):
     state = lora_state(backbone)
     if state is None:
         raise ValueError(
-            f"LoRA is not enabled on this backbone; call `enable_lora(rank)` before `{action}`."
+            f"LoRA is not enabled on this backbone (it has no lora-enabled layers); call "
+            f"`enable_lora(rank)` before `{action}`."
         )
     return state
 
@@ -207,7 +208,8 @@ def load_lora_weights(backbone, path):
         if state.rank != rank:
             raise ValueError(
                 f"The adapter in {os.fspath(path)!r} has rank={rank}, but LoRA is enabled here "
-                f"with rank={state.rank}. Enable LoRA with the file's rank, or load the file into "
+                f"with rank={state.rank}: the ranks must match. Enable LoRA with the file's rank, "
+                "or load the file into "
                 "a backbone without LoRA (it is then enabled from the file)."
             )
         if state.target_names != names:

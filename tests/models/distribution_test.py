@@ -48,11 +48,14 @@ def test_sizes_the_mesh_does_not_divide_stay_whole():
     assert axes[r"decoder_block_\d+/feed_forward/ffw_linear/kernel"] == (None, "batch")
 
 
-def test_layout_map_needs_config_on_class_and_known_axes():
+def test_layout_map_on_class_without_config_is_keras_hubs_and_axes_are_checked():
     devices = [f"cpu:{i}" for i in range(8)]  # Only the mesh's shape matters here.
     mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)
-    with pytest.raises(ValueError, match="config="):
-        GemmaBackbone.get_layout_map(mesh)
+    # Sizes unknown: keras-hub's layout, key/value split on their head axis.
+    size_free = GemmaBackbone.get_layout_map(mesh)
+    assert tuple(size_free["decoder_block_3/attention/key/kernel"].axes) == ("model", "batch", None)
+    with pytest.raises(ValueError, match="not an axis"):
+        GemmaBackbone.get_layout_map(mesh, model_parallel_dim_name="tensor")
     with pytest.raises(ValueError, match="not an axis"):
         GemmaBackbone.get_layout_map(mesh, model_parallel_dim_name="tensor", config=tiny_config())
     layout_map = GemmaBackbone.get_layout_map(mesh, config=tiny_config("gemma3"))
