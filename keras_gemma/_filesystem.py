@@ -8,6 +8,7 @@ Written files and folders get the umask's permissions (0666 / 0777 less the
 umask), as files made with `open` do; `tempfile.mkdtemp` would give 0700.
 """
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -86,12 +87,14 @@ def remove_stale_staging(path):
         if os.path.isdir(entry):
             shutil.rmtree(entry, ignore_errors=True)
         else:
-            os.remove(entry)
+            with contextlib.suppress(FileNotFoundError):  # Another save removed it first.
+                os.remove(entry)
     for backup in _stale_entries(path, BACKUP_MARK):
         if os.path.exists(path):
             shutil.rmtree(backup, ignore_errors=True)
         else:
-            os.rename(backup, path)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(backup, path)
 
 
 def foreign_entries(directory, owned_files):

@@ -65,6 +65,23 @@ def check_model_fits(config, dtype):
         )
 
 
+def _is_finite(value):
+    """Whether every element is finite: a sum first (one read, no temporary), exact if not.
+
+    A NaN or inf anywhere makes the sum NaN or inf; a finite sum proves the
+    values finite. A non-finite sum of finite values (overflow) is settled by
+    the exact elementwise check.
+    """
+    if isinstance(value, np.ndarray):
+        if not np.issubdtype(value.dtype, np.floating):
+            return True
+        return bool(np.isfinite(value.sum())) or bool(np.isfinite(value).all())
+    if "float" not in str(value.dtype):
+        return True  # Quantized (integer) weights cannot hold NaN.
+    ops = keras.ops
+    return bool(ops.isfinite(ops.sum(value))) or bool(ops.all(ops.isfinite(value)))
+
+
 def warn_non_finite(named_values, source):
     """Warns (`RuntimeWarning`) naming every tensor of `named_values` with a NaN or inf.
 
@@ -74,14 +91,7 @@ def warn_non_finite(named_values, source):
             reduction each). Integer (quantized) values are skipped.
         source: how the message names where they were loaded from.
     """
-    bad = []
-    for name, value in named_values:
-        if isinstance(value, np.ndarray):
-            if np.issubdtype(value.dtype, np.integer) or np.isfinite(value).all():
-                continue
-        elif "int" in str(value.dtype) or bool(keras.ops.all(keras.ops.isfinite(value))):
-            continue
-        bad.append(name)
+    bad = [name for name, value in named_values if not _is_finite(value)]
     if bad:
         shown = ", ".join(f"`{name}`" for name in bad[:5]) + (", ..." if bad[5:] else "")
         warnings.warn(
