@@ -107,6 +107,11 @@ def test_compile_on_construction_and_compile_false(tiny_lm):
     assert not GemmaCausalLM(tiny_lm.backbone, tiny_lm.preprocessor, compile=False).compiled
 
 
+def test_backbone_refuses_arguments_keras_would_drop():
+    with pytest.raises(TypeError, match=r"unexpected arguments \['compile'\]"):
+        GemmaBackbone(**tiny_config("gemma"), compile=False)
+
+
 def _without_spec_ids(path):
     model = sentencepiece_model_pb2.ModelProto()
     with open(path, "rb") as file:
