@@ -114,11 +114,24 @@ def our_arguments(family, arguments):
     return dict(config, **passed)
 
 
+def _check_known(class_name, named, arguments):
+    """TypeError for a keyword Keras' functional `Model` would silently drop (`compile=`)."""
+    if not named:  # A `**kwargs` constructor: the class it calls checks.
+        return
+    unknown = sorted(set(arguments) - named - set(_PASSED_THROUGH))
+    if unknown:
+        raise TypeError(
+            f"`{class_name}` got unexpected arguments {unknown}. (`compile` is an argument of "
+            "`GemmaCausalLM`, the task model; a backbone is not compiled on construction.)"
+        )
+
+
 def accepts_keras_hub_arguments(family):
     """Decorates a backbone `__init__` so that keras-hub's arguments build the same model."""
 
     def decorate(init):
         signature = inspect.signature(init)
+        named = set(signature.parameters) - {"self", "kwargs"}
 
         @functools.wraps(init)
         def wrapper(self, *args, **kwargs):
@@ -126,6 +139,7 @@ def accepts_keras_hub_arguments(family):
             bound.pop("self")
             bound.update(bound.pop("kwargs", {}))
             if not is_keras_hub_config(family, bound):
+                _check_known(type(self).__name__, named, bound)
                 return init(self, *args, **kwargs)
             return init(self, **our_arguments(family, bound))
 
