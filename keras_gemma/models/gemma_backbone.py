@@ -6,12 +6,15 @@ import numbers
 import keras
 from keras import ops
 
+from keras_gemma.layers import architecture
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
 from keras_gemma.layers.decoder_block import LAYER_TYPES
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.decoder_block import GemmaDecoderBlock
 from keras_gemma.layers.layer_calls import call_layer
+from keras_gemma.layers.per_layer_embedding import PerLayerEmbedding
 from keras_gemma.layers.rms_normalization import RMSNormalization
+from keras_gemma.models import backbone_dtype
 from keras_gemma.models import layout_map as layout_map_lib
 from keras_gemma.models import lora
 from keras_gemma.models import preset_loading
@@ -99,32 +102,8 @@ def validate_config(config):
     for name in ("use_post_attention_norm", "use_post_ffw_norm", "use_query_key_norm"):
         if not isinstance(config[name], bool):
             raise ValueError(f"`{name}` must be a bool. Received: {name}={config[name]!r}")
-
-
-def _layer_policy(layer):
-    """The policy a layer was built with (resolving a `DTypePolicyMap`)."""
-    policy = layer.dtype_policy
-    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-        return policy[layer.path]
-    return policy
-
-
-def _embedding_quantization_kwargs(dtype):
-    """Rebuilds the int4 embedding exactly as `quantize("int4")` left it.
-
-    `quantize("int4")` gives `ReversibleEmbedding` a config without an
-    activation quantizer, while building it int4 from its policy alone adds
-    one to the reverse (logits) path, so a saved int4 model would reload
-    with different logits. Passing the config keeps them identical.
-    """
-    if not isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
-        return {}
-    policy = dtype["token_embedding"]
-    if policy.quantization_mode != "int4":
-        return {}
-    return {
-        "quantization_config": keras.quantizers.Int4QuantizationConfig(block_size=policy.block_size)
-    }
+    gemma4_config = dict(architecture.GEMMA4_DEFAULTS, **config)
+    architecture.validate_gemma4_config(architecture.resolve_gemma4_fields(config, gemma4_config))
 
 
 def _scale_embeddings(x, hidden_dim):
@@ -134,7 +113,7 @@ def _scale_embeddings(x, hidden_dim):
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
 class GemmaBackbone(keras.Model):
-    """Gemma 1, 2 and 3 (text) as one functional model, configured by data.
+    """Gemma 1, 2, 3 and 4 (text) as one functional model, configured by data.
 
     Token ids go through a tied embedding scaled by `sqrt(hidden_dim)`, then
     `num_layers` decoder blocks whose attention type comes from `layer_types`,
@@ -167,6 +146,12 @@ class GemmaBackbone(keras.Model):
         rope_scaling_factor: float. Linear RoPE scaling of full-attention layers.
         layer_norm_epsilon: float.
         dropout: float.
+        global_head_dim, num_global_key_value_heads, global_keys_as_values,
+        global_partial_rotary_factor, normalization_scale, use_value_norm,
+        use_layer_scalar, per_layer_input_dim, num_kv_shared_layers,
+        use_double_wide_mlp, num_experts, num_experts_per_token,
+        expert_intermediate_dim: Gemma 4's fields, described in
+            `keras_gemma/layers/architecture.py`; their defaults are Gemma 1-3.
         dtype: dtype or `keras.DTypePolicy` ("float32", "bfloat16",
             "mixed_bfloat16", ...).
         initial_weights: "random" (default) or "zeros": how the weights start.
@@ -212,6 +197,19 @@ class GemmaBackbone(keras.Model):
         rope_scaling_factor=1.0,
         layer_norm_epsilon=1e-6,
         dropout=0.0,
+        global_head_dim=None,
+        num_global_key_value_heads=None,
+        global_keys_as_values=False,
+        global_partial_rotary_factor=1.0,
+        normalization_scale="one_plus_scale",
+        use_value_norm=False,
+        use_layer_scalar=False,
+        per_layer_input_dim=0,
+        num_kv_shared_layers=0,
+        use_double_wide_mlp=False,
+        num_experts=0,
+        num_experts_per_token=None,
+        expert_intermediate_dim=None,
         dtype=None,
         initial_weights="random",
         **kwargs,
@@ -262,11 +260,18 @@ class GemmaBackbone(keras.Model):
             "layer_norm_epsilon": layer_norm_epsilon,
             "dropout": dropout,
         }
+        arguments = locals()
+        gemma4_fields = {name: arguments[name] for name in architecture.GEMMA4_DEFAULTS}
+        if isinstance(head_dim, int) and isinstance(num_key_value_heads, int):
+            config.update(architecture.resolve_gemma4_fields(config, gemma4_fields))
+        else:
+            config.update(gemma4_fields)  # validate_config reports the bad head_dim / heads
         validate_config(config)
+        norm_scale_offset = 1.0 if normalization_scale == "one_plus_scale" else 0.0
 
         # === Layers ===
         token_embedding = keras.layers.ReversibleEmbedding(
-            **_embedding_quantization_kwargs(dtype),
+            **backbone_dtype.embedding_quantization_kwargs(dtype),
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
             tie_weights=True,
@@ -284,10 +289,9 @@ class GemmaBackbone(keras.Model):
             transformer_layers.append(
                 GemmaDecoderBlock(
                     hidden_dim=hidden_dim,
-                    intermediate_dim=intermediate_dim,
                     num_query_heads=num_query_heads,
-                    num_key_value_heads=num_key_value_heads,
-                    head_dim=head_dim,
+                    # Head dim, KV heads, width and the Gemma 4 options of this layer.
+                    **architecture.block_arguments(config, index),
                     layer_type=layer_type,
                     sliding_window_size=sliding_window_size if is_sliding else None,
                     query_pre_attn_scalar=config["query_pre_attn_scalar"],
@@ -308,15 +312,47 @@ class GemmaBackbone(keras.Model):
                 )
             )
         final_normalization = RMSNormalization(
-            layer_norm_epsilon, dtype=dtype, name="final_normalization"
+            layer_norm_epsilon,
+            scale_offset=norm_scale_offset,
+            dtype=dtype,
+            name="final_normalization",
         )
+        per_layer_embedding = None
+        if per_layer_input_dim:
+            per_layer_embedding = PerLayerEmbedding(
+                vocabulary_size,
+                num_layers,
+                per_layer_input_dim,
+                hidden_dim,
+                layer_norm_epsilon=layer_norm_epsilon,
+                norm_scale_offset=norm_scale_offset,
+                embeddings_initializer="zeros" if zeros else "uniform",
+                kernel_initializer="zeros" if zeros else "glorot_uniform",
+                dtype=dtype,
+                name="per_layer_embedding",
+            )
+        kv_sources = architecture.kv_source_layers(config)
 
         # === Functional Model ===
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
         x = _scale_embeddings(token_embedding(token_ids), hidden_dim)
-        for layer in transformer_layers:
-            x = layer(x, padding_mask=padding_mask)
+        per_layer_inputs = None
+        if per_layer_embedding is not None:
+            per_layer_inputs = per_layer_embedding(token_ids, x)  # (b, t, L, p)
+        key_values = {}  # producer index -> its (key, value), for KV-sharing layers
+        for index, layer in enumerate(transformer_layers):
+            extra = {}
+            if per_layer_inputs is not None:
+                extra["per_layer_input"] = per_layer_inputs[:, :, index, :]
+            if kv_sources[index] != index:
+                extra["shared_key_value"] = key_values[kv_sources[index]]
+            if index in kv_sources[len(kv_sources) - num_kv_shared_layers :]:
+                x, key_values[index] = layer(
+                    x, padding_mask=padding_mask, return_key_value=True, **extra
+                )
+            else:
+                x = layer(x, padding_mask=padding_mask, **extra)
         sequence_output = final_normalization(x)
         super().__init__(
             inputs={"token_ids": token_ids, "padding_mask": padding_mask},
@@ -334,6 +370,9 @@ class GemmaBackbone(keras.Model):
         self.token_embedding = token_embedding
         self.transformer_layers = transformer_layers
         self.final_normalization = final_normalization
+        self.per_layer_embedding = per_layer_embedding
+        # For each layer, the index of the layer whose keys/values it attends.
+        self.kv_source_layers = kv_sources
 
         # === Config ===
         for name, value in config.items():
@@ -380,33 +419,11 @@ class GemmaBackbone(keras.Model):
             "rope_scaling_factor": self.rope_scaling_factor,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "dropout": self.dropout,
+            **{name: getattr(self, name) for name in architecture.GEMMA4_DEFAULTS},
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self._config_dtype_policy()),
+            "dtype": keras.dtype_policies.serialize(backbone_dtype.config_dtype_policy(self)),
         }
-
-    def _config_dtype_policy(self):
-        """The model's policy, as a `DTypePolicyMap` once layers are quantized.
-
-        `Model.quantize` changes the policies of individual layers; recording
-        them by layer path lets `from_config` build those layers quantized
-        (int8 / int4 variables) before `load_weights` fills them, as keras-hub
-        does.
-        """
-        policy = self.dtype_policy
-        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-            policy = policy.default_policy
-        quantized = {}
-        for layer in self._flatten_layers(include_self=False):
-            layer_policy = _layer_policy(layer)
-            if layer_policy.quantization_mode is not None:
-                quantized[layer.path] = layer_policy
-        if not quantized:
-            return policy
-        policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=policy)
-        for path, layer_policy in quantized.items():
-            policy_map[path] = layer_policy
-        return policy_map
 
     get_layout_map = layout_map_lib.ConfigMethod(layout_map_lib.backbone_layout_map)
 
