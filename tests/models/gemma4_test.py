@@ -62,7 +62,7 @@ HF_FLIPS = {
     ),
     "global_partial_rotary_factor": ("gemma4", {"global_partial_rotary_factor": 0.5}),
     # (0 is the MoE and dense shapes; transformers 5.24 fails on KV sharing without PLE.)
-    "per_layer_input_dim": ("gemma4", {"per_layer_input_dim": 4}),
+    "per_layer_input_dim": ("gemma4", {"per_layer_input_dim": 16}),
     "num_kv_shared_layers": ("gemma4", {"num_kv_shared_layers": 2}),
     "use_double_wide_mlp": ("gemma4", {"use_double_wide_mlp": False}),
     "num_experts": ("gemma4_moe", {"num_experts": 3}),
