@@ -14,6 +14,9 @@ from keras_gemma.formats import loader
 
 START_OF_TURN_TOKEN = "<start_of_turn>"
 END_OF_TURN_TOKEN = "<end_of_turn>"
+# Gemma 4's turn markers (GEMMA4_ARCHITECTURE.md, ids 105 / 106), used when the vocabulary has them.
+GEMMA4_START_OF_TURN_TOKEN = "<|turn>"
+GEMMA4_END_OF_TURN_TOKEN = "<turn|>"
 CHAT_ROLES = ("system", "user", "assistant", "model")
 
 # Pieces whose literal text maps to their id, as in HF transformers.
@@ -167,13 +170,25 @@ class GemmaTokenizer:
 
     @property
     def start_of_turn_token_id(self):
-        """Id of `<start_of_turn>`, or None if the vocabulary lacks it."""
-        return self._piece_id_or_none(START_OF_TURN_TOKEN)
+        """Id of `<start_of_turn>` (Gemma 4: `<|turn>`), or None if the vocabulary lacks it."""
+        return self._piece_id_or_none(self.turn_tokens[0])
 
     @property
     def end_of_turn_token_id(self):
-        """Id of `<end_of_turn>`, or None if the vocabulary lacks it."""
-        return self._piece_id_or_none(END_OF_TURN_TOKEN)
+        """Id of `<end_of_turn>` (Gemma 4: `<turn|>`), or None if the vocabulary lacks it.
+
+        With `<eos>`, the default stop tokens of generation.
+        """
+        return self._piece_id_or_none(self.turn_tokens[1])
+
+    @property
+    def turn_tokens(self):
+        """`(start, end)` turn markers: Gemma 4's `<|turn>`, `<turn|>` when the vocabulary
+        has both, else Gemma 1-3's `<start_of_turn>`, `<end_of_turn>`."""
+        gemma4 = (GEMMA4_START_OF_TURN_TOKEN, GEMMA4_END_OF_TURN_TOKEN)
+        if all(self._piece_id_or_none(piece) is not None for piece in gemma4):
+            return gemma4
+        return (START_OF_TURN_TOKEN, END_OF_TURN_TOKEN)
 
     def _piece_id_or_none(self, piece):
         try:
@@ -250,6 +265,10 @@ class GemmaTokenizer:
         whitespace; a first "system" message is prepended, followed by a blank
         line, to the first user turn.
 
+        A Gemma 4 vocabulary (`turn_tokens`) renders Gemma 4's format instead:
+        `<bos><|turn>system\n{text}<turn|>\n<|turn>user\n{text}<turn|>\n
+        <|turn>model\n...`, the system message as its own turn.
+
         Args:
             messages: list of dicts with "role" and "content" keys. Content is
                 a string or a list of `{"type": "text", "text": ...}` parts.
@@ -261,11 +280,15 @@ class GemmaTokenizer:
         Returns:
             A list of int token ids, or a string if `tokenize=False`.
         """
+        start, end = self.turn_tokens
         first_user_prefix = ""
-        if messages and messages[0].get("role") == "system":
-            first_user_prefix = _message_text(messages[0], strip=False) + "\n\n"
-            messages = messages[1:]
         text = self.id_to_token(self.bos_token_id)
+        if messages and messages[0].get("role") == "system":
+            if start == GEMMA4_START_OF_TURN_TOKEN:
+                text += f"{start}system\n{_message_text(messages[0], strip=True)}{end}\n"
+            else:
+                first_user_prefix = _message_text(messages[0], strip=False) + "\n\n"
+            messages = messages[1:]
         for index, message in enumerate(messages):
             role = message.get("role")
             if role not in CHAT_ROLES:
@@ -280,12 +303,9 @@ class GemmaTokenizer:
                 )
             role = "model" if role == "assistant" else role
             prefix = first_user_prefix if index == 0 else ""
-            text += (
-                f"{START_OF_TURN_TOKEN}{role}\n{prefix}"
-                f"{_message_text(message, strip=True)}{END_OF_TURN_TOKEN}\n"
-            )
+            text += f"{start}{role}\n{prefix}{_message_text(message, strip=True)}{end}\n"
         if add_generation_prompt:
-            text += f"{START_OF_TURN_TOKEN}model\n"
+            text += f"{start}model\n"
         return self.tokenize(text) if tokenize else text
 
     # === TensorFlow path ===
