@@ -7,6 +7,12 @@ backend-specific piece, how a cache slot is written, comes in as `write_slots`
 (see `kv_cache.py` and `engine.py`).
 
 Einsum letters as in `layers/attention.py`.
+
+Gemma 4 (kept small for the port to the new engine, issue 18): a KV-sharing
+layer (`backbone.kv_source_layers[i] != i`) keeps no cache; `caches` holds
+one entry per producing layer, in layer order, and a sharing layer attends
+its producer's cache plus the producer's new keys/values of this call.
+Per-layer inputs (PLE) are computed once per call and sliced per layer.
 """
 
 from keras import ops
@@ -39,10 +45,12 @@ def prefill(backbone, token_ids, padding_mask, total_length):
     slots = ops.arange(prompt_length, dtype="int32")
     positions = ops.maximum(slots[None, :] - padding_counts[:, None], 0)  # (b, P)
     x = backbone.embed(token_ids, direct=True)  # (b, P, d)
+    per_layer_inputs = _per_layer_inputs(backbone, token_ids, x)
     caches = []
+    key_values = {}  # Gemma 4: producer index -> this call's (key, value)
     lengths = cache_lengths(backbone, total_length)
     masks = {}  # One per window: built once, not once per layer.
-    for layer, length in zip(backbone.transformer_layers, lengths):
+    for index, (layer, length) in enumerate(zip(backbone.transformer_layers, lengths)):
         window = _window(backbone, layer)
         if window not in masks:
             masks[window] = build_attention_mask(slots, slots, padding_mask, window)
@@ -54,9 +62,12 @@ def prefill(backbone, token_ids, padding_mask, total_length):
             attention_mask=masks[window],
             return_key_value=True,
             direct=True,
+            **_gemma4_arguments(backbone, index, per_layer_inputs, key_values),
         )
-        kind = cache_class(layer.layer_type, length, total_length)
-        caches.append(kind.from_prompt(key, value, length))
+        if _kv_source(backbone, index) == index:
+            key_values[index] = (key, value)
+            kind = cache_class(layer.layer_type, length, total_length)
+            caches.append(kind.from_prompt(key, value, length))
     return call_layer(backbone.final_normalization, True, x), caches
 
 
@@ -83,9 +94,19 @@ def extend(backbone, caches, token_ids, start, padding_counts, write_slots=funct
     positions = query_slots[None, :] - padding_counts[:, None]  # (b, n)
     ones = ops.ones((token_ids.shape[0], count), dtype="bool")
     x = backbone.embed(token_ids, direct=True)  # (b, n, d)
+    per_layer_inputs = _per_layer_inputs(backbone, token_ids, x)
     new_caches = []
+    key_values = {}  # Gemma 4: producer index -> this call's (key, value)
+    producer_caches = {}  # Gemma 4: producer index -> its cache before this call's write
     masks = {}  # One per cache kind: built once, not once per layer.
-    for layer, cache in zip(backbone.transformer_layers, caches):
+    caches = iter(caches)
+    for index, layer in enumerate(backbone.transformer_layers):
+        source = _kv_source(backbone, index)
+        if source == index:
+            producer_caches[index] = next(caches)
+        # A sharing layer reads its producer's cache; the slots written by this call are
+        # masked out of it (`attention_mask`), so an in-place write is never read twice.
+        cache = producer_caches[source]
         window = _window(backbone, layer)
         mask_key = (type(cache), window, cache.length)
         if mask_key not in masks:
@@ -104,8 +125,11 @@ def extend(backbone, caches, token_ids, start, padding_counts, write_slots=funct
             attention_mask=masks[mask_key],
             cache=cache.read(),
             direct=True,
+            **_gemma4_arguments(backbone, index, per_layer_inputs, key_values),
         )
-        new_caches.append(cache.write(start, key, value, write_slots))
+        if source == index:
+            key_values[index] = (key, value)
+            new_caches.append(cache.write(start, key, value, write_slots))
     return call_layer(backbone.final_normalization, True, x), new_caches
 
 
@@ -129,3 +153,26 @@ def last_logits(backbone, hidden_states):
 def _window(backbone, layer):
     """The layer's sliding window, or None for full attention."""
     return backbone.sliding_window_size if layer.layer_type == SLIDING_ATTENTION else None
+
+
+def _kv_source(backbone, index):
+    """The layer whose keys/values layer `index` attends (itself, except Gemma 4 sharing)."""
+    return backbone.kv_source_layers[index]
+
+
+def _per_layer_inputs(backbone, token_ids, embeddings):
+    """Gemma 4 PLE `[b, t, layers, p]`, or None."""
+    if backbone.per_layer_embedding is None:
+        return None
+    return call_layer(backbone.per_layer_embedding, True, token_ids, embeddings, direct=True)
+
+
+def _gemma4_arguments(backbone, index, per_layer_inputs, key_values):
+    """Layer `index`'s PLE slice and, for a sharing layer, its producer's keys/values."""
+    arguments = {}
+    if per_layer_inputs is not None:
+        arguments["per_layer_input"] = per_layer_inputs[:, :, index, :]
+    source = _kv_source(backbone, index)
+    if source != index:
+        arguments["shared_key_value"] = key_values[source]
+    return arguments
