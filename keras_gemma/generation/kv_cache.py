@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 from keras import ops
 
+from keras_gemma.layers.architecture import block_arguments
+from keras_gemma.layers.architecture import kv_source_layers
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.masks import attention_mask as build_attention_mask
 
@@ -148,6 +150,24 @@ def cache_lengths_for_config(config, total_length):
         min(window, total_length) if layer_type == SLIDING_ATTENTION else total_length
         for layer_type in config["layer_types"]
     ]
+
+
+def cache_bytes_for_config(config, total_length, batch_size=1, bytes_per_value=2):
+    """Bytes of keys and values the caches hold for sequences of `total_length`.
+
+    Per producing layer (Gemma 4's KV-sharing layers keep none, see
+    `decoding.py`): `2 * batch * entries * kv_heads * head_dim * bytes`, with
+    the layer's own head dim and KV-head count (`layers.architecture`).
+    `bytes_per_value` 2 is bfloat16.
+    """
+    sources = kv_source_layers(config)
+    total = 0
+    for index, length in enumerate(cache_lengths_for_config(config, total_length)):
+        if sources[index] != index:
+            continue
+        layer = block_arguments(config, index)
+        total += 2 * batch_size * length * layer["num_key_value_heads"] * layer["head_dim"]
+    return total * bytes_per_value
 
 
 def cache_lengths(backbone, total_length):
