@@ -122,10 +122,37 @@ _BLOCK_WEIGHTS = {
     "feed_forward/ffw_gating_2/kernel": ("mlp.up_proj.weight", "transpose"),
     "feed_forward/ffw_linear/kernel": ("mlp.down_proj.weight", "transpose"),
     "post_ffw_norm/scale": ("post_feedforward_layernorm.weight", "copy"),
+    # Gemma 4.
+    "layer_scalar": ("layer_scalar", "scalar"),
+    "per_layer_input_gate/kernel": ("per_layer_input_gate.weight", "transpose"),
+    "per_layer_projection/kernel": ("per_layer_projection.weight", "transpose"),
+    "post_per_layer_input_norm/scale": ("post_per_layer_input_norm.weight", "copy"),
+    "pre_expert_norm/scale": ("pre_feedforward_layernorm_2.weight", "copy"),
+    "post_dense_ffw_norm/scale": ("post_feedforward_layernorm_1.weight", "copy"),
+    "post_expert_norm/scale": ("post_feedforward_layernorm_2.weight", "copy"),
+    "mixture_of_experts/router/kernel": ("router.proj.weight", "transpose"),
+    "mixture_of_experts/router_scale": ("router.scale", "copy"),
+    "mixture_of_experts/per_expert_scale": ("router.per_expert_scale", "copy"),
+    # HF fuses gate and up as `gate_up_proj` `[e, 2f, d]`, gate first.
+    "mixture_of_experts/expert_gating/kernel": ("experts.gate_up_proj", "expert_gate"),
+    "mixture_of_experts/expert_gating_2/kernel": ("experts.gate_up_proj", "expert_up"),
+    "mixture_of_experts/expert_linear/kernel": ("experts.down_proj", "expert_down"),
 }
 _GLOBAL_WEIGHTS = {
     "token_embedding/embeddings": ("embed_tokens.weight", "copy"),
     "final_normalization/scale": ("norm.weight", "copy"),
+    "per_layer_embedding/per_layer_token_embedding/embeddings": (
+        "embed_tokens_per_layer.weight",
+        "copy",
+    ),
+    "per_layer_embedding/per_layer_model_projection/kernel": (
+        "per_layer_model_projection.weight",
+        "transpose",
+    ),
+    "per_layer_embedding/per_layer_projection_norm/scale": (
+        "per_layer_projection_norm.weight",
+        "copy",
+    ),
 }
 
 
@@ -146,32 +173,48 @@ def transformers_weight_map(config):
     return entries
 
 
-def to_keras_layout(array, conversion, config):
-    """HF `[out, in]` tensors to our kernel layouts."""
+def to_keras_layout(array, conversion, config, shape=None):
+    """HF `[out, in]` tensors to our kernel layouts (`shape`: ours, for per-layer head dims)."""
     hidden, head_dim = config["hidden_dim"], config["head_dim"]
     if conversion == "copy":
         return array
     if conversion == "transpose":
         return array.T
+    if conversion == "scalar":
+        return array.reshape(())
+    if conversion.startswith("expert_"):
+        if conversion == "expert_down":
+            return array.transpose(0, 2, 1)  # (e, d, f) -> (e, f, d)
+        half = array.shape[1] // 2  # (e, 2f, d): gate rows, then up rows
+        part = array[:, :half] if conversion == "expert_gate" else array[:, half:]
+        return part.transpose(0, 2, 1)  # (e, d, f)
     if conversion in ("query", "key_value"):
         heads = config["num_query_heads" if conversion == "query" else "num_key_value_heads"]
+        if shape is not None:
+            heads, _, head_dim = shape
         # (heads * h, d) -> (heads, h, d) -> (heads, d, h)
         return array.reshape(heads, head_dim, hidden).transpose(0, 2, 1)
     if conversion == "output":
+        if shape is not None:
+            head_dim = shape[1]
         # (d, n * h) -> (n * h, d) -> (n, h, d)
         return array.T.reshape(config["num_query_heads"], head_dim, hidden)
     raise ValueError(conversion)
 
 
 def to_transformers_layout(array, conversion, config):
-    """Inverse of `to_keras_layout`."""
-    hidden, head_dim = config["hidden_dim"], config["head_dim"]
+    """Inverse of `to_keras_layout` (the expert gate and up halves: see the exporter)."""
+    hidden = config["hidden_dim"]
     if conversion == "copy":
         return array
     if conversion == "transpose":
         return array.T
+    if conversion == "scalar":
+        return array.reshape((1,))
+    if conversion.startswith("expert_"):
+        return array.transpose(0, 2, 1)
     if conversion in ("query", "key_value"):
-        heads = array.shape[0]
+        heads, _, head_dim = array.shape
         return array.transpose(0, 2, 1).reshape(heads * head_dim, hidden)
     if conversion == "output":
         return array.reshape(-1, hidden).T
@@ -184,6 +227,13 @@ def _transformers_shape(shape, conversion):
         return shape
     if conversion == "transpose":
         return shape[::-1]
+    if conversion == "scalar":
+        return (1,)
+    if conversion in ("expert_gate", "expert_up"):
+        experts, hidden, width = shape
+        return (experts, 2 * width, hidden)
+    if conversion == "expert_down":
+        return (shape[0], shape[2], shape[1])
     if conversion in ("query", "key_value"):
         heads, hidden, head_dim = shape
         return (heads * head_dim, hidden)
@@ -232,8 +282,8 @@ class ConvertedTensors(collections.abc.Mapping):
                     f"config needs {expected} (our `{path}`). The weights do not match "
                     "`config.json`."
                 )
-            self._entries[path] = (hf_name, conversion)
-        used = {hf_name for hf_name, _ in self._entries.values()}
+            self._entries[path] = (hf_name, conversion, needed[path])
+        used = {hf_name for hf_name, *_ in self._entries.values()}
         extra = sorted(
             name
             for name in shapes
@@ -249,8 +299,8 @@ class ConvertedTensors(collections.abc.Mapping):
             )
 
     def __getitem__(self, path):
-        hf_name, conversion = self._entries[path]
-        return to_keras_layout(self._read(hf_name), conversion, self._config)
+        hf_name, conversion, shape = self._entries[path]
+        return to_keras_layout(self._read(hf_name), conversion, self._config, shape)
 
     def __iter__(self):
         return iter(self._entries)

@@ -8,10 +8,12 @@ and keyed by layer type for Gemma 3; older configs use `rope_theta`,
 import os
 
 from keras_gemma.formats.files import read_json
+from keras_gemma.layers.architecture import GEMMA4_DEFAULTS
+from keras_gemma.layers.architecture import resolve_gemma4_fields
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 
-SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
+SUPPORTED_MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3", "gemma4_text", "gemma4")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SUPPORTED_ROPE_TYPES = ("default", "linear")
 # HF spellings of GeGLU's GELU that mean the tanh approximation. Plain "gelu"
@@ -55,16 +57,107 @@ def _rope_settings(parameters, where):
     return parameters.get("rope_theta"), factor
 
 
+# `Gemma4TextConfig` defaults for keys a config.json may leave out (transformers 5.24).
+_GEMMA4_DEFAULTS = {
+    "sliding_window": 512,
+    "global_head_dim": 512,
+    "hidden_size_per_layer_input": 256,
+    "vocab_size_per_layer_input": 262144,
+    "rope_parameters": {
+        SLIDING_ATTENTION: {"rope_type": "default", "rope_theta": 10_000.0},
+        FULL_ATTENTION: {
+            "rope_type": "proportional",
+            "partial_rotary_factor": 0.25,
+            "rope_theta": 1_000_000.0,
+        },
+    },
+}
+
+
+def _gemma4_fields(hf_config):
+    """The Gemma 4 (`gemma4_text`) part of our config: HF `Gemma4TextConfig` semantics."""
+    hf_config = dict(_GEMMA4_DEFAULTS, **{k: v for k, v in hf_config.items() if v is not None})
+    if hf_config.get("use_bidirectional_attention") == "all":
+        raise ValueError("`use_bidirectional_attention='all'` (non-causal text) is not supported.")
+    layer_types = list(hf_config["layer_types"])
+    layer_types[-1] = FULL_ATTENTION  # HF forces the last layer to full attention.
+    full = hf_config["rope_parameters"][FULL_ATTENTION]
+    sliding = hf_config["rope_parameters"][SLIDING_ATTENTION]
+    if full.get("rope_type") not in ("default", "proportional") or sliding.get("rope_type") not in (
+        "default",
+        None,
+    ):
+        raise ValueError(f"Unsupported Gemma 4 `rope_parameters`: {hf_config['rope_parameters']}")
+    partial = full.get("partial_rotary_factor", 1.0) if full["rope_type"] == "proportional" else 1.0
+    per_layer = hf_config["hidden_size_per_layer_input"] or 0
+    if per_layer and hf_config["vocab_size_per_layer_input"] != hf_config["vocab_size"]:
+        raise ValueError(
+            "`vocab_size_per_layer_input` must equal `vocab_size` (Gemma 4). Received: "
+            f"{hf_config['vocab_size_per_layer_input']} and {hf_config['vocab_size']}"
+        )
+    keys_as_values = bool(hf_config.get("attention_k_eq_v", False))
+    kv_heads = hf_config["num_key_value_heads"]
+    # HF: `num_global_key_value_heads` applies only with `attention_k_eq_v`.
+    global_kv_heads = (
+        (hf_config.get("num_global_key_value_heads") or kv_heads) if keys_as_values else kv_heads
+    )
+    global_head_dim = hf_config["global_head_dim"]
+    per_layer_config = hf_config.get("per_layer_config")
+    if per_layer_config is not None:
+        # transformers 5.24 saves the full layers' overrides (only those differing from the
+        # sliding layers' values) in place of the two keys above.
+        full_layers = {str(i) for i, kind in enumerate(layer_types) if kind == FULL_ATTENTION}
+        overrides = list(per_layer_config.values()) or [{}]
+        if (per_layer_config and set(per_layer_config) != full_layers) or any(
+            o != overrides[0] for o in overrides
+        ):
+            raise ValueError(
+                "`per_layer_config` must give every full-attention layer, and only those, the "
+                f"same overrides. Received: {per_layer_config}"
+            )
+        global_head_dim = overrides[0].get("head_dim", hf_config["head_dim"])
+        global_kv_heads = overrides[0].get("num_key_value_heads", kv_heads)
+    experts = hf_config["num_experts"] if hf_config.get("enable_moe_block") else 0
+    return {
+        "layer_types": layer_types,
+        "sliding_window_size": hf_config["sliding_window"],
+        "query_pre_attn_scalar": 1.0,  # HF Gemma4TextAttention: `scaling = 1.0`.
+        "attention_logit_soft_cap": None,
+        "final_logit_soft_cap": hf_config.get("final_logit_softcapping"),
+        "use_post_attention_norm": True,
+        "use_post_ffw_norm": True,
+        "use_query_key_norm": True,
+        "rope_wavelength": float(full["rope_theta"]),
+        "local_rope_wavelength": float(sliding["rope_theta"]),
+        "rope_scaling_factor": float(full.get("factor", 1.0)),
+        "global_head_dim": global_head_dim,
+        "num_global_key_value_heads": global_kv_heads,
+        "global_keys_as_values": keys_as_values,
+        "global_partial_rotary_factor": float(partial),
+        "normalization_scale": "scale",
+        "use_value_norm": True,
+        "use_layer_scalar": True,
+        "per_layer_input_dim": per_layer,
+        "num_kv_shared_layers": hf_config.get("num_kv_shared_layers", 0),
+        "use_double_wide_mlp": bool(hf_config.get("use_double_wide_mlp", False)),
+        "num_experts": experts,
+        "num_experts_per_token": hf_config.get("top_k_experts") if experts else None,
+        "expert_intermediate_dim": hf_config.get("moe_intermediate_size") if experts else None,
+    }
+
+
 def backbone_config_from_transformers(hf_config):
     """Maps a transformers `config.json` dict to `GemmaBackbone` arguments."""
     model_type = hf_config.get("model_type")
-    if model_type == "gemma3" and "text_config" in hf_config:
-        hf_config = dict(hf_config["text_config"], model_type="gemma3_text")
-        model_type = "gemma3_text"
+    if model_type in ("gemma3", "gemma4") and "text_config" in hf_config:
+        # Multimodal checkpoints: the text part (vision/audio configs are not read).
+        model_type += "_text"
+        hf_config = dict(hf_config["text_config"], model_type=model_type)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
             f"Unsupported transformers `model_type` {model_type!r}. Supported: "
-            f"{SUPPORTED_MODEL_TYPES[:3]} (and Gemma 3 multimodal `gemma3`, text part)."
+            f"{SUPPORTED_MODEL_TYPES[:3] + ('gemma4_text',)} (and the text part of the "
+            "multimodal `gemma3` and `gemma4`)."
         )
     if not hf_config.get("tie_word_embeddings", True):
         raise ValueError(
@@ -90,6 +183,11 @@ def backbone_config_from_transformers(hf_config):
     is_gemma3 = model_type == "gemma3_text"
 
     layer_types = hf_config.get("layer_types")
+    if layer_types is None and model_type == "gemma4_text":
+        layer_types = [  # `Gemma4TextConfig` default: 5 sliding, then 1 full.
+            SLIDING_ATTENTION if (index + 1) % 6 else FULL_ATTENTION for index in range(num_layers)
+        ]
+        hf_config = dict(hf_config, layer_types=layer_types)
     if layer_types is None:
         if is_gemma1:
             layer_types = [FULL_ATTENTION] * num_layers
@@ -106,7 +204,9 @@ def backbone_config_from_transformers(hf_config):
     # RoPE: global (full attention) and local (sliding) bases and scaling.
     rope_parameters = hf_config.get("rope_parameters")
     legacy_scaling = hf_config.get("rope_scaling")
-    if isinstance(rope_parameters, dict) and FULL_ATTENTION in rope_parameters:
+    if model_type == "gemma4_text":
+        global_theta, local_theta, factor, local_factor = 1.0, 1.0, 1.0, 1.0  # `_gemma4_fields`
+    elif isinstance(rope_parameters, dict) and FULL_ATTENTION in rope_parameters:
         global_theta, factor = _rope_settings(
             rope_parameters[FULL_ATTENTION], "rope_parameters.full_attention"
         )
@@ -138,7 +238,7 @@ def backbone_config_from_transformers(hf_config):
     if is_gemma1 or query_pre_attn_scalar is None:
         query_pre_attn_scalar = head_dim
 
-    return {
+    config = {
         "vocabulary_size": _required(hf_config, "vocab_size"),
         "num_layers": num_layers,
         "num_query_heads": num_query_heads,
@@ -160,6 +260,9 @@ def backbone_config_from_transformers(hf_config):
         "layer_norm_epsilon": hf_config.get("rms_norm_eps", 1e-6),
         "dropout": 0.0,
     }
+    if model_type == "gemma4_text":
+        config.update(_gemma4_fields(hf_config))
+    return config
 
 
 def transformers_config_from_backbone(config):
@@ -180,6 +283,8 @@ def transformers_config_from_backbone(config):
         or config["query_pre_attn_scalar"] != config["head_dim"]
     )
     is_gemma3 = config["use_query_key_norm"]
+    if config.get("normalization_scale", "one_plus_scale") == "scale":
+        return _gemma4_transformers_config(config)
     if not is_gemma1 and not (config["use_post_attention_norm"] and config["use_post_ffw_norm"]):
         raise ValueError(
             "This config mixes Gemma 1 and Gemma 2/3 features (post norms off with "
@@ -252,3 +357,75 @@ def transformers_config_from_backbone(config):
             },
         },
     )
+
+
+def _gemma4_transformers_config(config):
+    """`gemma4_text` config.json for a Gemma 4 backbone config (inverse of `_gemma4_fields`)."""
+    config = resolve_gemma4_fields(config, dict(GEMMA4_DEFAULTS, **config))
+    expected = {
+        "query_pre_attn_scalar": 1.0,
+        "attention_logit_soft_cap": None,
+        "use_post_attention_norm": True,
+        "use_post_ffw_norm": True,
+        "use_query_key_norm": True,
+        "use_value_norm": True,
+        "use_layer_scalar": True,
+    }
+    for name, value in expected.items():
+        if config[name] != value:
+            raise ValueError(
+                f"transformers' `gemma4_text` needs `{name}={value!r}`; this config has "
+                f"{config[name]!r}, so it cannot be exported."
+            )
+    keys_as_values = config["global_keys_as_values"]
+    if not keys_as_values and config["num_global_key_value_heads"] != config["num_key_value_heads"]:
+        raise ValueError(
+            "transformers' `gemma4_text` gives full layers their own KV-head count only with "
+            "`attention_k_eq_v`: set `global_keys_as_values=True` or equal KV-head counts."
+        )
+    experts = config["num_experts"]
+    full_rope = {"rope_type": "proportional", "rope_theta": config["rope_wavelength"]}
+    full_rope["partial_rotary_factor"] = config["global_partial_rotary_factor"]
+    if config["rope_scaling_factor"] != 1.0:
+        full_rope["factor"] = config["rope_scaling_factor"]
+    return {
+        "model_type": "gemma4_text",
+        "architectures": ["Gemma4ForCausalLM"],
+        "vocab_size": config["vocabulary_size"],
+        "hidden_size": config["hidden_dim"],
+        "intermediate_size": config["intermediate_dim"],
+        "num_hidden_layers": config["num_layers"],
+        "num_attention_heads": config["num_query_heads"],
+        "num_key_value_heads": config["num_key_value_heads"],
+        "num_global_key_value_heads": config["num_global_key_value_heads"],
+        "head_dim": config["head_dim"],
+        "global_head_dim": config["global_head_dim"],
+        "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": config["layer_norm_epsilon"],
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+        "max_position_embeddings": 131072,
+        "torch_dtype": "float32",
+        "layer_types": list(config["layer_types"]),
+        "sliding_window": config["sliding_window_size"] or 512,
+        "final_logit_softcapping": config["final_logit_soft_cap"],
+        "rope_parameters": {
+            FULL_ATTENTION: full_rope,
+            SLIDING_ATTENTION: {
+                "rope_type": "default",
+                "rope_theta": config["local_rope_wavelength"],
+            },
+        },
+        "attention_k_eq_v": keys_as_values,
+        "hidden_size_per_layer_input": config["per_layer_input_dim"],
+        "vocab_size_per_layer_input": config["vocabulary_size"],
+        "num_kv_shared_layers": config["num_kv_shared_layers"],
+        "use_double_wide_mlp": config["use_double_wide_mlp"],
+        "enable_moe_block": bool(experts),
+        "num_experts": experts or None,
+        "top_k_experts": config["num_experts_per_token"],
+        "moe_intermediate_size": config["expert_intermediate_dim"],
+    }

@@ -48,12 +48,17 @@ def _write_export(backbone, tokenizer, directory):
     variables = {variable.path: variable for variable in backbone.weights}
     tensors = {}
     dtypes = set()
+    expert_halves = {}  # Gemma 4 `experts.gate_up_proj`: our gate and up kernels, fused
     for hf_name, path, conversion in transformers_weight_map(config):
         array = keras.ops.convert_to_numpy(variables[path].value)
         dtypes.add(str(array.dtype))
-        tensors["model." + hf_name] = np.ascontiguousarray(
-            to_transformers_layout(array, conversion, config)
-        )
+        array = to_transformers_layout(array, conversion, config)
+        if conversion in ("expert_gate", "expert_up"):  # gate comes first in the map
+            expert_halves.setdefault(hf_name, []).append(array)
+            continue
+        tensors["model." + hf_name] = np.ascontiguousarray(array)
+    for hf_name, (gate, up) in expert_halves.items():
+        tensors["model." + hf_name] = np.ascontiguousarray(np.concatenate([gate, up], axis=1))
     if dtypes == {"bfloat16"}:
         hf_config["torch_dtype"] = hf_config["dtype"] = "bfloat16"
     elif dtypes == {"float16"}:

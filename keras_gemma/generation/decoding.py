@@ -5,6 +5,13 @@ direct path (`direct=True`: built sublayers' `call` without
 `Layer.__call__`'s bookkeeping, see `layers/layer_calls.py`). The one
 backend-specific piece, how cache entries are written, comes in as
 `write_entries` (see `kv_cache.py` and `engine.py`).
+
+Gemma 4: a KV-sharing layer (`backbone.kv_source_layers[i] != i`) keeps no
+cache; `caches` holds one per producing layer, in layer order, and a sharing
+layer attends its producer's cache plus the producer's keys/values of this
+call. Every layer reads the caches as they were before the call: the writes
+(in place on PyTorch) happen after the last layer. Per-layer inputs (PLE)
+are computed once per call and sliced per layer.
 """
 
 from keras import ops
@@ -40,9 +47,21 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
     slots = starts[:, None] + offsets[None, :]  # (R, t)
     valid = offsets[None, :] < counts[:, None]  # (R, t)
     x = backbone.embed(token_ids, direct=True)  # (R, t, d)
-    new_caches = []
+    per_layer_inputs = None
+    if getattr(backbone, "per_layer_embedding", None) is not None:
+        per_layer_inputs = call_layer(
+            backbone.per_layer_embedding, True, token_ids, x, direct=True
+        )  # (R, t, layers, p)
+    sources = backbone.kv_source_layers
+    caches = iter(caches)
+    layer_caches = {}  # producer index -> its cache (before this call)
+    key_values = {}  # producer index -> this call's (key, value)
     masks = {}  # One per cache layout: built once, not once per layer.
-    for layer, cache in zip(backbone.transformer_layers, caches):
+    for index, layer in enumerate(backbone.transformer_layers):
+        source = sources[index]
+        if source == index:
+            layer_caches[index] = next(caches)
+        cache = layer_caches[source]
         window = _window(backbone, layer)
         mask_key = (type(cache), window, cache.length)
         if mask_key not in masks:
@@ -53,6 +72,11 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
                 ],
                 axis=-1,
             )  # (R, t, entries + t)
+        extra = {}
+        if per_layer_inputs is not None:
+            extra["per_layer_input"] = per_layer_inputs[:, :, index, :]
+        if source != index:
+            extra["shared_key_value"] = key_values[source]
         x, (key, value) = call_layer(
             layer,
             True,
@@ -61,9 +85,15 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
             attention_mask=masks[mask_key],
             cache=cache.read(),
             direct=True,
+            **extra,
         )
-        new_caches.append(cache.write(slots, valid, key, value, write_entries))
-    return call_layer(backbone.final_normalization, True, x), tuple(new_caches)
+        if source == index:
+            key_values[index] = (key, value)
+    new_caches = tuple(
+        layer_caches[index].write(slots, valid, *key_values[index], write_entries)
+        for index in sorted(layer_caches)
+    )
+    return call_layer(backbone.final_normalization, True, x), new_caches
 
 
 def next_logits(backbone, caches, tokens, positions, active, write_entries=functional_write):

@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 from keras import ops
 
+from keras_gemma.layers.architecture import block_arguments
+from keras_gemma.layers.architecture import kv_source_layers
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.masks import attention_mask as build_attention_mask
 
@@ -138,20 +140,44 @@ def cache_entries_for_config(config, capacity):
     ]
 
 
+def cache_bytes_for_config(config, capacity, batch_size=1, bytes_per_value=2):
+    """Bytes of keys and values the caches hold for sequences of `capacity` slots.
+
+    Per producing layer (Gemma 4's KV-sharing layers keep none):
+    `2 * batch * entries * kv_heads * head_dim * bytes`, with the layer's own
+    head dim and KV-head count (`layers.architecture`); trash entries not
+    counted. `bytes_per_value` 2 is bfloat16.
+    """
+    sources = kv_source_layers(config)
+    total = 0
+    for index, entries in enumerate(cache_entries_for_config(config, capacity)):
+        if sources[index] != index:
+            continue
+        layer = block_arguments(config, index)
+        total += 2 * batch_size * entries * layer["num_key_value_heads"] * layer["head_dim"]
+    return total * bytes_per_value
+
+
+def producing_layers(backbone):
+    """The layers that keep a cache: all but Gemma 4's KV-sharing layers, in order."""
+    sources = backbone.kv_source_layers
+    return [layer for i, layer in enumerate(backbone.transformer_layers) if sources[i] == i]
+
+
 def _layout(backbone, capacity):
-    """`(cache class, entries)` of each layer for sequences of `capacity` slots."""
+    """`(cache class, entries)` of each producing layer for sequences of `capacity` slots."""
     window = backbone.sliding_window_size
     layout = []
-    for layer in backbone.transformer_layers:
+    for layer in producing_layers(backbone):
         ring = layer.layer_type == SLIDING_ATTENTION and window < capacity
         layout.append((RingKVCache, window) if ring else (KVCache, capacity))
     return layout
 
 
 def empty_caches(backbone, rows, capacity, dtype):
-    """One empty cache per layer of `backbone` for `rows` sequences of `capacity` slots."""
+    """One empty cache per producing layer for `rows` sequences of `capacity` slots."""
     caches = []
-    for layer, (kind, entries) in zip(backbone.transformer_layers, _layout(backbone, capacity)):
+    for layer, (kind, entries) in zip(producing_layers(backbone), _layout(backbone, capacity)):
         attention = layer.attention
         heads, head_dim = attention.num_key_value_heads, attention.head_dim
         caches.append(kind.empty(rows, entries, heads, head_dim, dtype))

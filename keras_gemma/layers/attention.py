@@ -11,6 +11,7 @@ from keras import ops
 from keras_gemma.layers.layer_calls import call_layer
 from keras_gemma.layers.layer_calls import is_plain
 from keras_gemma.layers.rms_normalization import RMSNormalization
+from keras_gemma.layers.rms_normalization import unscaled_rms_normalize
 from keras_gemma.layers.rotary_embedding import RotaryEmbedding
 
 # Added to masked logits. Large but finite so fully masked (padding) rows stay
@@ -82,6 +83,17 @@ class GemmaAttention(keras.layers.Layer):
         dropout: float. Dropout on the attention probabilities in training.
         kernel_initializer: initializer name or config of the four projection
             kernels; "zeros" when a loader overwrites them anyway.
+        use_value_norm: bool. RMS-normalize values over `head_dim`, no
+            weight (Gemma 4 `v_norm`).
+        keys_as_values: bool. No value projection: values are the key
+            projection's output, before the key norm and RoPE (Gemma 4
+            `attention_k_eq_v`, full layers of 26B-A4B and 31B).
+        reads_shared_key_value: bool. The layer has no key/value projections
+            and attends the `shared_key_value` it is given (Gemma 4 KV
+            sharing: the last layers reuse an earlier layer's keys/values).
+        norm_scale_offset: float. `scale_offset` of the query/key norms (1.0
+            for Gemma 3, 0.0 for Gemma 4).
+        partial_rotary_factor: float. See `RotaryEmbedding`.
 
     Call arguments:
         inputs: `[b, t, d]`.
@@ -89,6 +101,9 @@ class GemmaAttention(keras.layers.Layer):
         attention_mask: bool `[b, t, s]`; `s = t` without a cache and
             `s = cache_length + t` with one (cache slots first).
         cache: optional `(key_cache, value_cache)`, each `[b, cache_length, k, h]`.
+        shared_key_value: `(key, value)` `[b, t, k, h]`, post-norm and
+            post-RoPE, from the producer layer; required exactly when
+            `reads_shared_key_value`.
         return_key_value: bool. Also return this call's `(key, value)`.
         training: bool.
         direct: bool. Call the built sublayers' own `call`, without
@@ -113,6 +128,11 @@ class GemmaAttention(keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         dropout=0.0,
         kernel_initializer="glorot_uniform",
+        use_value_norm=False,
+        keys_as_values=False,
+        reads_shared_key_value=False,
+        norm_scale_offset=1.0,
+        partial_rotary_factor=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -128,6 +148,13 @@ class GemmaAttention(keras.layers.Layer):
         self.dropout = dropout
         self.kernel_initializer = kernel_initializer
         self.groups = num_query_heads // num_key_value_heads
+        self.use_value_norm = use_value_norm
+        self.keys_as_values = keys_as_values
+        self.reads_shared_key_value = reads_shared_key_value
+        self.norm_scale_offset = norm_scale_offset
+        self.partial_rotary_factor = partial_rotary_factor
+        has_key = not reads_shared_key_value
+        has_value = has_key and not keys_as_values
 
         policy = self.dtype_policy
         # Kernel layouts follow keras-hub: query (n, d, h), key/value (k, d, h),
@@ -139,33 +166,36 @@ class GemmaAttention(keras.layers.Layer):
             kernel_initializer=kernel_initializer,
             dtype=policy,
         )
-        self.key = keras.layers.EinsumDense(
-            "bsd,kdh->bskh",
-            output_shape=(None, num_key_value_heads, head_dim),
-            name="key",
-            kernel_initializer=kernel_initializer,
-            dtype=policy,
-        )
-        self.value = keras.layers.EinsumDense(
-            "bsd,kdh->bskh",
-            output_shape=(None, num_key_value_heads, head_dim),
-            name="value",
-            kernel_initializer=kernel_initializer,
-            dtype=policy,
-        )
+        for name, wanted in (("key", has_key), ("value", has_value)):
+            if wanted:
+                projection = keras.layers.EinsumDense(
+                    "bsd,kdh->bskh",
+                    output_shape=(None, num_key_value_heads, head_dim),
+                    name=name,
+                    kernel_initializer=kernel_initializer,
+                    dtype=policy,
+                )
+                setattr(self, name, projection)
         if use_query_key_norm:
-            self.query_norm = RMSNormalization(layer_norm_epsilon, name="query_norm", dtype=policy)
-            self.key_norm = RMSNormalization(layer_norm_epsilon, name="key_norm", dtype=policy)
+            norm_kwargs = {"scale_offset": norm_scale_offset, "dtype": policy}
+            self.query_norm = RMSNormalization(layer_norm_epsilon, name="query_norm", **norm_kwargs)
+            if has_key:
+                self.key_norm = RMSNormalization(layer_norm_epsilon, name="key_norm", **norm_kwargs)
         self.rotary_embedding = RotaryEmbedding(
-            rope_wavelength, rope_scaling_factor, name="rotary_embedding", dtype=policy
+            rope_wavelength,
+            rope_scaling_factor,
+            partial_rotary_factor,
+            name="rotary_embedding",
+            dtype=policy,
         )
         self.dropout_layer = keras.layers.Dropout(dropout, dtype=policy)
 
     def build(self, input_shape):
         hidden_dim = input_shape[-1]
         self.query.build(input_shape)
-        self.key.build(input_shape)
-        self.value.build(input_shape)
+        for name in ("key", "value"):
+            if hasattr(self, name):
+                getattr(self, name).build(input_shape)
         # Built here because the output width `d` is only known now.
         self.attention_output = keras.layers.EinsumDense(
             "btnh,nhd->btd",
@@ -178,12 +208,18 @@ class GemmaAttention(keras.layers.Layer):
         if self.use_query_key_norm:
             head_shape = (None, None, None, self.head_dim)
             self.query_norm.build(head_shape)
-            self.key_norm.build(head_shape)
+            if hasattr(self, "key_norm"):
+                self.key_norm.build(head_shape)
 
     def _project_key_value(self, inputs, rotation, direct):
         heads = self.num_key_value_heads
         key = project_heads(self.key, inputs, heads, direct)  # (b, t, k, h)
-        value = project_heads(self.value, inputs, heads, direct)  # (b, t, k, h)
+        if self.keys_as_values:
+            value = key  # HF Gemma 4: `value_states = key_states` before k_norm and RoPE.
+        else:
+            value = project_heads(self.value, inputs, heads, direct)  # (b, t, k, h)
+        if self.use_value_norm:
+            value = unscaled_rms_normalize(value, self.layer_norm_epsilon)
         if self.use_query_key_norm:
             key = call_layer(self.key_norm, direct, key)
         key = self.rotary_embedding.rotate(key, rotation)
@@ -198,7 +234,13 @@ class GemmaAttention(keras.layers.Layer):
         return_key_value=False,
         training=False,
         direct=False,
+        shared_key_value=None,
     ):
+        if (shared_key_value is not None) != self.reads_shared_key_value:
+            raise ValueError(
+                f"Attention layer {self.name!r}: `shared_key_value` must be given exactly "
+                f"when `reads_shared_key_value` is true (it is {self.reads_shared_key_value})."
+            )
         batch, length = ops.shape(inputs)[0], ops.shape(inputs)[1]
         k, g, h = self.num_key_value_heads, self.groups, self.head_dim
 
@@ -210,7 +252,10 @@ class GemmaAttention(keras.layers.Layer):
         query = self.rotary_embedding.rotate(query, rotation)
         query = query * ops.cast(self.query_pre_attn_scalar**-0.5, query.dtype)
         query = ops.reshape(query, (batch, length, k, g, h))  # (b, t, k, g, h)
-        key, value = self._project_key_value(inputs, rotation, direct)
+        if shared_key_value is not None:
+            key, value = shared_key_value  # (b, t, k, h) each, from the producer layer
+        else:
+            key, value = self._project_key_value(inputs, rotation, direct)
 
         logits = ops.einsum("btkgh,bskh->bkgts", query, key)
         if cache is not None:
@@ -259,6 +304,11 @@ class GemmaAttention(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     keras.initializers.get(self.kernel_initializer)
                 ),
+                "use_value_norm": self.use_value_norm,
+                "keys_as_values": self.keys_as_values,
+                "reads_shared_key_value": self.reads_shared_key_value,
+                "norm_scale_offset": self.norm_scale_offset,
+                "partial_rotary_factor": self.partial_rotary_factor,
             }
         )
         return config

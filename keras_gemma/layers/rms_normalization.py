@@ -13,8 +13,12 @@ class RMSNormalization(keras.layers.Layer):
     bfloat16 overflow in `x^2`), then cast back. The scale starts at zero, so a
     fresh layer is a plain RMS normalization.
 
+    Gemma 4 multiplies by the weight itself (HF `Gemma4RMSNorm`: `x * w`):
+    `scale_offset=0.0` gives `y = ... * scale`, with the scale starting at one.
+
     Args:
         epsilon: float. Added to the mean square before the reciprocal root.
+        scale_offset: float. 1.0 (Gemma 1-3, `1 + scale`) or 0.0 (Gemma 4).
 
     Call arguments:
         inputs: tensor `[..., features]`.
@@ -23,22 +27,23 @@ class RMSNormalization(keras.layers.Layer):
         A tensor of the same shape and compute dtype.
     """
 
-    def __init__(self, epsilon=1e-6, **kwargs):
+    def __init__(self, epsilon=1e-6, scale_offset=1.0, **kwargs):
         super().__init__(**kwargs)
         self.epsilon = epsilon
+        self.scale_offset = scale_offset
 
     def build(self, input_shape):
         self.scale = self.add_weight(
             name="scale",
             shape=(input_shape[-1],),
-            initializer="zeros",
+            initializer="zeros" if self.scale_offset else "ones",
         )
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
         mean_square = ops.mean(ops.square(x), axis=-1, keepdims=True)
         x = x * ops.rsqrt(mean_square + self.epsilon)
-        x = x * (1.0 + ops.cast(self.scale, "float32"))
+        x = x * (self.scale_offset + ops.cast(self.scale, "float32"))
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
@@ -46,5 +51,12 @@ class RMSNormalization(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"epsilon": self.epsilon})
+        config.update({"epsilon": self.epsilon, "scale_offset": self.scale_offset})
         return config
+
+
+def unscaled_rms_normalize(inputs, epsilon):
+    """`x * rsqrt(mean(x^2) + epsilon)` in float32, no weight (HF Gemma 4 `v_norm`, router norm)."""
+    x = ops.cast(inputs, "float32")
+    mean_square = ops.mean(ops.square(x), axis=-1, keepdims=True)
+    return ops.cast(x * ops.rsqrt(mean_square + epsilon), inputs.dtype)

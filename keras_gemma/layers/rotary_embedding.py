@@ -25,6 +25,11 @@ class RotaryEmbedding(keras.layers.Layer):
     Args:
         wavelength: float. The RoPE base (10,000 or 1,000,000 for Gemma).
         scaling_factor: float >= 1. Linear position scaling.
+        partial_rotary_factor: float in (0, 1]. Gemma 4's "proportional" RoPE
+            on full layers (HF `_compute_proportional_rope_parameters`): only
+            the first `int(factor * head_dim // 2)` frequencies are kept, still
+            with exponents `2i / head_dim`; the rest are zero, so those pairs
+            are not rotated.
 
     Call arguments:
         inputs: tensor `[batch, seq, heads, head_dim]`.
@@ -37,10 +42,11 @@ class RotaryEmbedding(keras.layers.Layer):
     call, so queries and keys at the same positions share one rotation.
     """
 
-    def __init__(self, wavelength=10000.0, scaling_factor=1.0, **kwargs):
+    def __init__(self, wavelength=10000.0, scaling_factor=1.0, partial_rotary_factor=1.0, **kwargs):
         super().__init__(**kwargs)
         self.wavelength = wavelength
         self.scaling_factor = scaling_factor
+        self.partial_rotary_factor = partial_rotary_factor
         # No weights: built from the start (like `keras.layers.Dropout`), so
         # `Model.quantize` accepts a freshly loaded model.
         self.built = True
@@ -51,6 +57,9 @@ class RotaryEmbedding(keras.layers.Layer):
     def rotation(self, positions, head_dim):
         """`(cos, sin)`, each float32 `[b, t, 1, head_dim]`, for `positions` `[b, t]`."""
         inverse_frequencies = rope_inverse_frequencies(head_dim, self.wavelength)
+        if self.partial_rotary_factor != 1.0:
+            rotated = int(self.partial_rotary_factor * head_dim // 2)
+            inverse_frequencies[rotated:] = 0.0
         if self.scaling_factor != 1.0:
             inverse_frequencies = inverse_frequencies / np.float32(self.scaling_factor)
         # (h,): the same frequency for both halves.
@@ -76,6 +85,7 @@ class RotaryEmbedding(keras.layers.Layer):
             {
                 "wavelength": self.wavelength,
                 "scaling_factor": self.scaling_factor,
+                "partial_rotary_factor": self.partial_rotary_factor,
             }
         )
         return config

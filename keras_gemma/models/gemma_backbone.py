@@ -1,135 +1,28 @@
 """The Gemma transformer: one class for Gemma 1, 2 and 3, architecture as data."""
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
+from keras_gemma.layers import architecture
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
-from keras_gemma.layers.decoder_block import LAYER_TYPES
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 from keras_gemma.layers.decoder_block import GemmaDecoderBlock
 from keras_gemma.layers.layer_calls import call_layer
+from keras_gemma.layers.per_layer_embedding import PerLayerEmbedding
 from keras_gemma.layers.rms_normalization import RMSNormalization
+from keras_gemma.models import backbone_dtype
 from keras_gemma.models import float8_order
 from keras_gemma.models import keras_hub_config
 from keras_gemma.models import keras_hub_task
 from keras_gemma.models import layout_map as layout_map_lib
 from keras_gemma.models import lora
 from keras_gemma.models import preset_loading
+from keras_gemma.models.backbone_config import validate_config
 from keras_gemma.models.weight_checks import check_model_fits
 
 INITIAL_WEIGHTS = ("random", "zeros")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-
-
-def _check_optional_positive_number(name, value):
-    if value is None:
-        return
-    # `not value > 0` also rejects NaN; infinity is rejected explicitly.
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not value > 0
-        or math.isinf(value)
-    ):
-        raise ValueError(
-            f"`{name}` must be a finite positive number or None. Received: {name}={value!r}"
-        )
-
-
-def validate_config(config):
-    """Raises `ValueError` naming the field, the value and what is allowed."""
-    for name in (
-        "vocabulary_size",
-        "num_layers",
-        "num_query_heads",
-        "num_key_value_heads",
-        "hidden_dim",
-        "intermediate_dim",
-        "head_dim",
-    ):
-        _check_positive_int(name, config[name])
-    if config["num_query_heads"] % config["num_key_value_heads"]:
-        raise ValueError(
-            "`num_query_heads` must be a multiple of `num_key_value_heads`. "
-            f"Received: num_query_heads={config['num_query_heads']}, "
-            f"num_key_value_heads={config['num_key_value_heads']}"
-        )
-    if config["head_dim"] % 2:
-        raise ValueError(
-            "`head_dim` must be even for rotary embeddings. "
-            f"Received: head_dim={config['head_dim']}"
-        )
-    layer_types = config["layer_types"]
-    if len(layer_types) != config["num_layers"]:
-        raise ValueError(
-            f"`layer_types` must have one entry per layer (num_layers={config['num_layers']}). "
-            f"Received {len(layer_types)} entries: {list(layer_types)}"
-        )
-    for index, layer_type in enumerate(layer_types):
-        if layer_type not in LAYER_TYPES:
-            raise ValueError(
-                f"`layer_types[{index}]` must be one of {LAYER_TYPES}. Received: {layer_type!r}"
-            )
-    if SLIDING_ATTENTION in layer_types:
-        _check_positive_int("sliding_window_size", config["sliding_window_size"])
-    elif config["sliding_window_size"] is not None:
-        _check_positive_int("sliding_window_size", config["sliding_window_size"])
-    for name in (
-        "query_pre_attn_scalar",
-        "attention_logit_soft_cap",
-        "final_logit_soft_cap",
-        "rope_wavelength",
-        "local_rope_wavelength",
-        "rope_scaling_factor",
-        "layer_norm_epsilon",
-    ):
-        _check_optional_positive_number(name, config[name])
-    if config["rope_scaling_factor"] is None:
-        raise ValueError("`rope_scaling_factor` must be a positive number. Received: None")
-    dropout = config["dropout"]
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, numbers.Real)
-        or not 0.0 <= dropout < 1.0
-    ):
-        raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={config['dropout']!r}")
-    for name in ("use_post_attention_norm", "use_post_ffw_norm", "use_query_key_norm"):
-        if not isinstance(config[name], bool):
-            raise ValueError(f"`{name}` must be a bool. Received: {name}={config[name]!r}")
-
-
-def _layer_policy(layer):
-    """The policy a layer was built with (resolving a `DTypePolicyMap`)."""
-    policy = layer.dtype_policy
-    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-        # Input layers have no path: they hold no weights to quantize.
-        return policy.default_policy if layer.path is None else policy[layer.path]
-    return policy
-
-
-def _embedding_quantization_kwargs(dtype):
-    """Rebuilds the int4 embedding exactly as `quantize("int4")` left it.
-
-    `quantize("int4")` gives `ReversibleEmbedding` a config without an
-    activation quantizer, while building it int4 from its policy alone adds
-    one to the reverse (logits) path, so a saved int4 model would reload
-    with different logits. Passing the config keeps them identical.
-    """
-    if not isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
-        return {}
-    policy = dtype["token_embedding"]
-    if policy.quantization_mode != "int4":
-        return {}
-    return {
-        "quantization_config": keras.quantizers.Int4QuantizationConfig(block_size=policy.block_size)
-    }
 
 
 def _scale_embeddings(x, hidden_dim):
@@ -139,7 +32,7 @@ def _scale_embeddings(x, hidden_dim):
 
 @keras.saving.register_keras_serializable(package="keras_gemma")
 class GemmaBackbone(keras.Model):
-    """Gemma 1, 2 and 3 (text) as one functional model, configured by data.
+    """Gemma 1, 2, 3 and 4 (text) as one functional model, configured by data.
 
     Token ids go through a tied embedding scaled by `sqrt(hidden_dim)`, then
     `num_layers` decoder blocks whose attention type comes from `layer_types`,
@@ -177,6 +70,12 @@ class GemmaBackbone(keras.Model):
         rope_scaling_factor: float. Linear RoPE scaling of full-attention layers.
         layer_norm_epsilon: float.
         dropout: float.
+        global_head_dim, num_global_key_value_heads, global_keys_as_values,
+        global_partial_rotary_factor, normalization_scale, use_value_norm,
+        use_layer_scalar, per_layer_input_dim, num_kv_shared_layers,
+        use_double_wide_mlp, num_experts, num_experts_per_token,
+        expert_intermediate_dim: Gemma 4's fields, described in
+            `keras_gemma/layers/architecture.py`; their defaults are Gemma 1-3.
         dtype: dtype or `keras.DTypePolicy` ("float32", "bfloat16",
             "mixed_bfloat16", ...).
         initial_weights: "random" (default) or "zeros": how the weights start.
@@ -223,6 +122,19 @@ class GemmaBackbone(keras.Model):
         rope_scaling_factor=1.0,
         layer_norm_epsilon=1e-6,
         dropout=0.0,
+        global_head_dim=None,
+        num_global_key_value_heads=None,
+        global_keys_as_values=False,
+        global_partial_rotary_factor=1.0,
+        normalization_scale="one_plus_scale",
+        use_value_norm=False,
+        use_layer_scalar=False,
+        per_layer_input_dim=0,
+        num_kv_shared_layers=0,
+        use_double_wide_mlp=False,
+        num_experts=0,
+        num_experts_per_token=None,
+        expert_intermediate_dim=None,
         dtype=None,
         initial_weights="random",
         **kwargs,
@@ -273,12 +185,19 @@ class GemmaBackbone(keras.Model):
             "layer_norm_epsilon": layer_norm_epsilon,
             "dropout": dropout,
         }
+        arguments = locals()
+        gemma4_fields = {name: arguments[name] for name in architecture.GEMMA4_DEFAULTS}
+        if isinstance(head_dim, int) and isinstance(num_key_value_heads, int):
+            config.update(architecture.resolve_gemma4_fields(config, gemma4_fields))
+        else:
+            config.update(gemma4_fields)  # validate_config reports the bad head_dim / heads
         validate_config(config)
         check_model_fits(config, dtype)
+        norm_scale_offset = 1.0 if normalization_scale == "one_plus_scale" else 0.0
 
         # === Layers ===
         token_embedding = keras.layers.ReversibleEmbedding(
-            **_embedding_quantization_kwargs(dtype),
+            **backbone_dtype.embedding_quantization_kwargs(dtype),
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
             tie_weights=True,
@@ -296,10 +215,9 @@ class GemmaBackbone(keras.Model):
             transformer_layers.append(
                 GemmaDecoderBlock(
                     hidden_dim=hidden_dim,
-                    intermediate_dim=intermediate_dim,
                     num_query_heads=num_query_heads,
-                    num_key_value_heads=num_key_value_heads,
-                    head_dim=head_dim,
+                    # Head dim, KV heads, width and the Gemma 4 options of this layer.
+                    **architecture.block_arguments(config, index),
                     layer_type=layer_type,
                     sliding_window_size=sliding_window_size if is_sliding else None,
                     query_pre_attn_scalar=config["query_pre_attn_scalar"],
@@ -320,15 +238,47 @@ class GemmaBackbone(keras.Model):
                 )
             )
         final_normalization = RMSNormalization(
-            layer_norm_epsilon, dtype=dtype, name="final_normalization"
+            layer_norm_epsilon,
+            scale_offset=norm_scale_offset,
+            dtype=dtype,
+            name="final_normalization",
         )
+        per_layer_embedding = None
+        if per_layer_input_dim:
+            per_layer_embedding = PerLayerEmbedding(
+                vocabulary_size,
+                num_layers,
+                per_layer_input_dim,
+                hidden_dim,
+                layer_norm_epsilon=layer_norm_epsilon,
+                norm_scale_offset=norm_scale_offset,
+                embeddings_initializer="zeros" if zeros else "uniform",
+                kernel_initializer="zeros" if zeros else "glorot_uniform",
+                dtype=dtype,
+                name="per_layer_embedding",
+            )
+        kv_sources = architecture.kv_source_layers(config)
 
         # === Functional Model ===
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
         x = _scale_embeddings(token_embedding(token_ids), hidden_dim)
-        for layer in transformer_layers:
-            x = layer(x, padding_mask=padding_mask)
+        per_layer_inputs = None
+        if per_layer_embedding is not None:
+            per_layer_inputs = per_layer_embedding(token_ids, x)  # (b, t, L, p)
+        key_values = {}  # producer index -> its (key, value), for KV-sharing layers
+        for index, layer in enumerate(transformer_layers):
+            extra = {}
+            if per_layer_inputs is not None:
+                extra["per_layer_input"] = per_layer_inputs[:, :, index, :]
+            if kv_sources[index] != index:
+                extra["shared_key_value"] = key_values[kv_sources[index]]
+            if index in kv_sources[len(kv_sources) - num_kv_shared_layers :]:
+                x, key_values[index] = layer(
+                    x, padding_mask=padding_mask, return_key_value=True, **extra
+                )
+            else:
+                x = layer(x, padding_mask=padding_mask, **extra)
         sequence_output = final_normalization(x)
         super().__init__(
             inputs={"token_ids": token_ids, "padding_mask": padding_mask},
@@ -347,6 +297,9 @@ class GemmaBackbone(keras.Model):
         self.token_embedding = token_embedding
         self.transformer_layers = transformer_layers
         self.final_normalization = final_normalization
+        self.per_layer_embedding = per_layer_embedding
+        # For each layer, the index of the layer whose keys/values it attends.
+        self.kv_source_layers = kv_sources
 
         # === Config ===
         for name, value in config.items():
@@ -393,33 +346,11 @@ class GemmaBackbone(keras.Model):
             "rope_scaling_factor": self.rope_scaling_factor,
             "layer_norm_epsilon": self.layer_norm_epsilon,
             "dropout": self.dropout,
+            **{name: getattr(self, name) for name in architecture.GEMMA4_DEFAULTS},
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self._config_dtype_policy()),
+            "dtype": keras.dtype_policies.serialize(backbone_dtype.config_dtype_policy(self)),
         }
-
-    def _config_dtype_policy(self):
-        """The model's policy, as a `DTypePolicyMap` once layers are quantized.
-
-        `Model.quantize` changes the policies of individual layers; recording
-        them by layer path lets `from_config` build those layers quantized
-        (int8 / int4 variables) before `load_weights` fills them, as keras-hub
-        does.
-        """
-        policy = self.dtype_policy
-        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-            policy = policy.default_policy
-        quantized = {}
-        for layer in self._flatten_layers(include_self=False):
-            layer_policy = _layer_policy(layer)
-            if layer_policy.quantization_mode is not None:
-                quantized[layer.path] = layer_policy
-        if not quantized:
-            return policy
-        policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=policy)
-        for path, layer_policy in quantized.items():
-            policy_map[path] = layer_policy
-        return policy_map
 
     get_layout_map = layout_map_lib.ConfigMethod(layout_map_lib.backbone_layout_map)
 

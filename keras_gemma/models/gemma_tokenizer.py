@@ -6,7 +6,6 @@ import re
 import sys
 
 import keras
-import numpy as np
 import sentencepiece
 
 from keras_gemma.formats import keras_preset
@@ -16,9 +15,14 @@ from keras_gemma.models.special_tokens import EOS_TOKEN
 from keras_gemma.models.special_tokens import PAD_TOKEN
 from keras_gemma.models.special_tokens import VocabularySize
 from keras_gemma.models.special_tokens import special_token_ids
+from keras_gemma.models.tokenizer_inputs import as_text_list
+from keras_gemma.models.tokenizer_inputs import message_text
 
 START_OF_TURN_TOKEN = "<start_of_turn>"
 END_OF_TURN_TOKEN = "<end_of_turn>"
+# Gemma 4's turn markers (GEMMA4_ARCHITECTURE.md, ids 105 / 106), used when the vocabulary has them.
+GEMMA4_START_OF_TURN_TOKEN = "<|turn>"
+GEMMA4_END_OF_TURN_TOKEN = "<turn|>"
 CHAT_ROLES = ("system", "user", "assistant", "model")
 
 # Pieces whose literal text maps to their id, as in HF transformers.
@@ -204,13 +208,25 @@ class GemmaTokenizer:
 
     @property
     def start_of_turn_token_id(self):
-        """Id of `<start_of_turn>`, or None if the vocabulary lacks it."""
-        return self._piece_id_or_none(START_OF_TURN_TOKEN)
+        """Id of `<start_of_turn>` (Gemma 4: `<|turn>`), or None if the vocabulary lacks it."""
+        return self._piece_id_or_none(self.turn_tokens[0])
 
     @property
     def end_of_turn_token_id(self):
-        """Id of `<end_of_turn>`, or None if the vocabulary lacks it."""
-        return self._piece_id_or_none(END_OF_TURN_TOKEN)
+        """Id of `<end_of_turn>` (Gemma 4: `<turn|>`), or None if the vocabulary lacks it.
+
+        With `<eos>`, the default stop tokens of generation.
+        """
+        return self._piece_id_or_none(self.turn_tokens[1])
+
+    @property
+    def turn_tokens(self):
+        """`(start, end)` turn markers: Gemma 4's `<|turn>`, `<turn|>` when the vocabulary
+        has both, else Gemma 1-3's `<start_of_turn>`, `<end_of_turn>`."""
+        gemma4 = (GEMMA4_START_OF_TURN_TOKEN, GEMMA4_END_OF_TURN_TOKEN)
+        if all(self._piece_id_or_none(piece) is not None for piece in gemma4):
+            return gemma4
+        return (START_OF_TURN_TOKEN, END_OF_TURN_TOKEN)
 
     def _piece_id_or_none(self, piece):
         try:
@@ -227,7 +243,7 @@ class GemmaTokenizer:
         """Encodes text into token ids. See the class docstring."""
         if is_tensorflow_tensor(inputs):
             return self._tensorflow_tokenize(inputs)
-        texts, is_batch = _as_text_list(inputs)
+        texts, is_batch = as_text_list(inputs)
         ids = [self._encode_text(text) for text in texts]
         return ids if is_batch else ids[0]
 
@@ -287,6 +303,10 @@ class GemmaTokenizer:
         whitespace; a first "system" message is prepended, followed by a blank
         line, to the first user turn.
 
+        A Gemma 4 vocabulary (`turn_tokens`) renders Gemma 4's format instead:
+        `<bos><|turn>system\n{text}<turn|>\n<|turn>user\n{text}<turn|>\n
+        <|turn>model\n...`, the system message as its own turn.
+
         Args:
             messages: list of dicts with "role" and "content" keys. Content is
                 a string or a list of `{"type": "text", "text": ...}` parts.
@@ -298,11 +318,15 @@ class GemmaTokenizer:
         Returns:
             A list of int token ids, or a string if `tokenize=False`.
         """
+        start, end = self.turn_tokens
         first_user_prefix = ""
-        if messages and messages[0].get("role") == "system":
-            first_user_prefix = _message_text(messages[0], strip=False) + "\n\n"
-            messages = messages[1:]
         text = self.id_to_token(self.bos_token_id)
+        if messages and messages[0].get("role") == "system":
+            if start == GEMMA4_START_OF_TURN_TOKEN:
+                text += f"{start}system\n{message_text(messages[0], strip=True)}{end}\n"
+            else:
+                first_user_prefix = message_text(messages[0], strip=False) + "\n\n"
+            messages = messages[1:]
         for index, message in enumerate(messages):
             role = message.get("role")
             if role not in CHAT_ROLES:
@@ -317,12 +341,9 @@ class GemmaTokenizer:
                 )
             role = "model" if role == "assistant" else role
             prefix = first_user_prefix if index == 0 else ""
-            text += (
-                f"{START_OF_TURN_TOKEN}{role}\n{prefix}"
-                f"{_message_text(message, strip=True)}{END_OF_TURN_TOKEN}\n"
-            )
+            text += f"{start}{role}\n{prefix}{message_text(message, strip=True)}{end}\n"
         if add_generation_prompt:
-            text += f"{START_OF_TURN_TOKEN}model\n"
+            text += f"{start}model\n"
         return self.tokenize(text) if tokenize else text
 
     # === TensorFlow path ===
@@ -449,43 +470,3 @@ def _sentencepiece_processor(proto):
             "of a `tokenizer.model` / `vocabulary.spm` file."
         )
     return processor
-
-
-def _as_text_list(inputs):
-    """Returns `(list of str, is_batch)` for a string or a batch of them."""
-    if isinstance(inputs, np.ndarray):
-        if inputs.ndim > 1:
-            raise ValueError(
-                "Expected a string or a 1-D batch of strings. Received an "
-                f"array of shape {inputs.shape}"
-            )
-        is_batch = inputs.ndim == 1
-        inputs = inputs.tolist() if is_batch else inputs.item()
-    else:
-        is_batch = isinstance(inputs, (list, tuple))
-    texts = list(inputs) if is_batch else [inputs]
-    for index, text in enumerate(texts):
-        if isinstance(text, bytes):
-            texts[index] = text.decode("utf-8")
-        elif not isinstance(text, str):
-            raise ValueError(
-                "Expected a string or a batch of strings (list, NumPy array or "
-                f"tf.Tensor). Received {type(text).__name__}: {text!r}"
-            )
-    return texts, is_batch
-
-
-def _message_text(message, strip):
-    content = message.get("content")
-    if isinstance(content, str):
-        parts = [content]
-    else:
-        parts = []
-        for part in content or ():
-            if part.get("type") != "text":
-                raise ValueError(
-                    "Only text message parts are supported. Received a part "
-                    f"of type {part.get('type')!r}."
-                )
-            parts.append(part["text"])
-    return "".join(part.strip() if strip else part for part in parts)

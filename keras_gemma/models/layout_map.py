@@ -38,6 +38,10 @@ import functools
 
 import keras
 
+from keras_gemma.layers.architecture import GEMMA4_DEFAULTS
+from keras_gemma.layers.architecture import block_arguments
+from keras_gemma.layers.architecture import resolve_gemma4_fields
+
 
 def _mesh_size(device_mesh, dim_name):
     if dim_name is None:
@@ -85,23 +89,24 @@ def kernel_axes(config, model_axis="model", data_axis="batch", model_size=1, dat
     key_value_heads = config["num_key_value_heads"]
     head_dim = config["head_dim"]
 
-    if key_value_heads % model_size == 0:
-        key_value_wanted = (model_axis, data_axis, None)
-    else:
+    def key_value_wanted(key_value_heads):
+        if key_value_heads % model_size == 0:
+            return (model_axis, data_axis, None)
         # Fewer key/value heads than model-parallel devices (MQA): split the
         # hidden axis instead of the (size-1) head axis. The projection then
         # ends in one small all-reduce and keys/values come out whole on every
         # model-parallel device, as each query-head shard needs them
         # (splitting head_dim instead makes XLA re-gather them in attention).
-        key_value_wanted = (None, model_axis, data_axis)
+        return (None, model_axis, data_axis)
+
     block = r"decoder_block_\d+/"
-    return {
+    axes = {
         "token_embedding/embeddings": _axes((vocabulary, hidden), (model_axis, data_axis), sizes),
         block + "attention/query/kernel": _axes(
             (query_heads, hidden, head_dim), (model_axis, data_axis, None), sizes
         ),
         block + "attention/(key|value)/kernel": _axes(
-            (key_value_heads, hidden, head_dim), key_value_wanted, sizes
+            (key_value_heads, hidden, head_dim), key_value_wanted(key_value_heads), sizes
         ),
         block + "attention/attention_output/kernel": _axes(
             (query_heads, head_dim, hidden), (model_axis, None, data_axis), sizes
@@ -113,6 +118,43 @@ def kernel_axes(config, model_axis="model", data_axis="batch", model_size=1, dat
             (intermediate, hidden), (model_axis, data_axis), sizes
         ),
     }
+    axes.update(_gemma4_axes(config, model_axis, data_axis, sizes, key_value_wanted))
+    return axes
+
+
+def _gemma4_axes(config, model_axis, data_axis, sizes, key_value_wanted):
+    """Gemma 4: experts split over the model axis (expert parallel), the hidden axis over the
+    data axis; per-layer embeddings like the token embedding; and the full layers' own
+    key/value shapes by exact path (a `LayoutMap` prefers an exact key to a regex)."""
+    config = dict(GEMMA4_DEFAULTS, **config)
+    hidden, experts = config["hidden_dim"], config["num_experts"]
+    axes = {}
+    if experts:
+        moe, width = r"decoder_block_\d+/mixture_of_experts/", config["expert_intermediate_dim"]
+        axes[moe + "expert_gating(_2)?/kernel"] = _axes(
+            (experts, hidden, width), (model_axis, data_axis, None), sizes
+        )
+        axes[moe + "expert_linear/kernel"] = _axes(
+            (experts, width, hidden), (model_axis, None, data_axis), sizes
+        )
+        axes[moe + "router/kernel"] = _axes((hidden, experts), (data_axis, None), sizes)
+    if config["per_layer_input_dim"]:
+        width = config["num_layers"] * config["per_layer_input_dim"]
+        embedding = "per_layer_embedding/per_layer_token_embedding/embeddings"
+        axes[embedding] = _axes((config["vocabulary_size"], width), (model_axis, data_axis), sizes)
+        axes["per_layer_embedding/per_layer_model_projection/kernel"] = _axes(
+            (hidden, width), (data_axis, model_axis), sizes
+        )
+    resolved = resolve_gemma4_fields(config, config)
+    for index in range(config["num_layers"]):
+        layer = block_arguments(resolved, index)
+        heads, head_dim = layer["num_key_value_heads"], layer["head_dim"]
+        if (heads, head_dim) != (config["num_key_value_heads"], config["head_dim"]):
+            for name in ("key", "value"):
+                axes[f"decoder_block_{index}/attention/{name}/kernel"] = _axes(
+                    (heads, hidden, head_dim), key_value_wanted(heads), sizes
+                )
+    return axes
 
 
 def get_layout_map(

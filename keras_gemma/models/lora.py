@@ -26,6 +26,7 @@ from keras import ops
 from keras_gemma.formats import lora_files
 from keras_gemma.formats import peft
 from keras_gemma.formats.transformers_config import transformers_config_from_backbone
+from keras_gemma.layers.architecture import block_arguments
 from keras_gemma.models.weight_checks import warn_non_finite
 
 ATTENTION_TARGETS = ("query", "key", "value", "attention_output")
@@ -85,9 +86,9 @@ def target_layers(backbone, target_names):
                 parent, parent_name = block.attention, "attention"
             else:
                 parent, parent_name = block.feed_forward, "feed_forward"
-            layers.append(
-                (f"decoder_block_{index}/{parent_name}/{name}", index, name, getattr(parent, name))
-            )
+            layer = getattr(parent, name, None)  # Gemma 4: no key/value on some layers
+            if layer is not None:
+                layers.append((f"decoder_block_{index}/{parent_name}/{name}", index, name, layer))
     return layers
 
 
@@ -154,18 +155,24 @@ def enable_lora(backbone, rank, alpha=None, target_names=DEFAULT_TARGETS):
 def lora_parameter_count(config, rank, target_names=DEFAULT_TARGETS):
     """Closed-form number of adapter parameters for a backbone config."""
     names = resolve_target_names(target_names)
-    d, f, h = config["hidden_dim"], config["intermediate_dim"], config["head_dim"]
-    n, k = config["num_query_heads"], config["num_key_value_heads"]
-    per_layer = {
-        "query": n * d * rank + rank * h,
-        "key": k * d * rank + rank * h,
-        "value": k * d * rank + rank * h,
-        "attention_output": n * h * rank + rank * d,
-        "ffw_gating": d * rank + rank * f,
-        "ffw_gating_2": d * rank + rank * f,
-        "ffw_linear": f * rank + rank * d,
-    }
-    return config["num_layers"] * sum(per_layer[name] for name in names)
+    d, n = config["hidden_dim"], config["num_query_heads"]
+    config = dict({"layer_types": ["full_attention"] * config["num_layers"]}, **config)
+    total = 0
+    for index in range(config["num_layers"]):  # Gemma 4: shapes differ per layer
+        layer = block_arguments(config, index)
+        f, h, k = layer["intermediate_dim"], layer["head_dim"], layer["num_key_value_heads"]
+        has_key = not layer["reads_shared_key_value"]
+        per_layer = {
+            "query": n * d * rank + rank * h,
+            "key": (k * d * rank + rank * h) * has_key,
+            "value": (k * d * rank + rank * h) * (has_key and not layer["keys_as_values"]),
+            "attention_output": n * h * rank + rank * d,
+            "ffw_gating": d * rank + rank * f,
+            "ffw_gating_2": d * rank + rank * f,
+            "ffw_linear": f * rank + rank * d,
+        }
+        total += sum(per_layer[name] for name in names)
+    return total
 
 
 # === Save / load ===

@@ -28,21 +28,30 @@ def make_transformers_model(config, seed=0, scale=1.0, embedding_scale=1.0):
         "gemma": transformers.GemmaConfig,
         "gemma2": transformers.Gemma2Config,
         "gemma3_text": transformers.Gemma3TextConfig,
+        "gemma4_text": transformers.Gemma4TextConfig,
     }[model_type]
     model_class = {
         "gemma": transformers.GemmaForCausalLM,
         "gemma2": transformers.Gemma2ForCausalLM,
         "gemma3_text": transformers.Gemma3ForCausalLM,
+        "gemma4_text": transformers.Gemma4ForCausalLM,
     }[model_type]
     hf = config_class(**hf_config)
     hf._attn_implementation = "eager"
+    if model_type == "gemma4_text":
+        hf._experts_implementation = "eager"  # the plain per-expert loop, any width
     model = model_class(hf).eval()
     generator = np.random.default_rng(seed)
+    # Gemma 4 norms multiply by `w` (not `1 + w`): their weights (and layer scalars) are drawn
+    # around 1, spread 0.25: at 0.5 some fall near 0 and float32 HF drifts 5e-4 from float64.
+    norm_center, norm_spread = (1.0, 0.25) if model_type == "gemma4_text" else (0.0, 0.5)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for name, parameter in list(model.named_parameters()) + list(model.named_buffers()):
             shape = tuple(parameter.shape)
-            if name.endswith("norm.weight"):
-                values = generator.normal(0.0, 0.5, shape)
+            if "rotary_emb" in name or name.endswith("embed_scale"):
+                continue  # computed buffers, not weights
+            if name.endswith(("norm.weight", "layer_scalar", "router.scale", "per_expert_scale")):
+                values = generator.normal(norm_center, norm_spread, shape)
             elif "embed_tokens" in name:
                 values = generator.normal(0.0, embedding_scale, shape)
             else:

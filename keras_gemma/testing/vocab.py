@@ -43,7 +43,14 @@ _CORPUS_LINES = (
 )
 
 
-def build_tiny_vocabulary(directory, vocabulary_size=DEFAULT_VOCABULARY_SIZE):
+GEMMA4_TURN_TOKENS = ("<|turn>", "<turn|>")
+
+
+def build_tiny_vocabulary(
+    directory,
+    vocabulary_size=DEFAULT_VOCABULARY_SIZE,
+    turn_tokens=(START_OF_TURN_TOKEN, END_OF_TURN_TOKEN),
+):
     """Trains a tiny Gemma-like SentencePiece model and returns its path.
 
     Writes a small fixed corpus and the trained `.model` file into
@@ -56,6 +63,8 @@ def build_tiny_vocabulary(directory, vocabulary_size=DEFAULT_VOCABULARY_SIZE):
         vocabulary_size: int. Number of pieces, at least 334: 262 fixed
             pieces (6 special, 256 byte-fallback) plus one per distinct
             character of the corpus. 350 to 1000 is a good range for tests.
+        turn_tokens: `(start, end)` turn markers, USER_DEFINED pieces:
+            Gemma 1-3's by default, `GEMMA4_TURN_TOKENS` for Gemma 4's.
 
     Returns:
         The path (str) of the trained `.model` file.
@@ -77,7 +86,13 @@ def build_tiny_vocabulary(directory, vocabulary_size=DEFAULT_VOCABULARY_SIZE):
         )
     # Lines are written with "\n" escaped: the trainer reads one line per
     # sentence.
-    lines = [line.replace("\n", "\\n") for line in _CORPUS_LINES]
+    start, end = turn_tokens
+    lines = [
+        line.replace(START_OF_TURN_TOKEN, start)
+        .replace(END_OF_TURN_TOKEN, end)
+        .replace("\n", "\\n")
+        for line in _CORPUS_LINES
+    ]
     corpus_path = os.path.join(directory, _CORPUS_FILENAME)
     with open(corpus_path, "w", encoding="utf-8") as corpus_file:
         corpus_file.write("\n".join(lines) + "\n")
@@ -109,7 +124,7 @@ def build_tiny_vocabulary(directory, vocabulary_size=DEFAULT_VOCABULARY_SIZE):
         eos_piece="<eos>",
         bos_piece="<bos>",
         unk_piece="<unk>",
-        user_defined_symbols=[START_OF_TURN_TOKEN, END_OF_TURN_TOKEN],
+        user_defined_symbols=list(turn_tokens),
         num_threads=1,
         minloglevel=2,
     )

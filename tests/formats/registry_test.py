@@ -62,10 +62,14 @@ CONFIG_KEYS = {
 }
 
 ALL_PRESETS = sorted(PUBLISHED_PARAMS)
+# Checked in gemma4_registry_test.py.
+GEMMA4_PRESETS = [
+    f"gemma4_{kind}{size}" for size in ("2b", "4b", "26b_a4b", "31b") for kind in ("", "instruct_")
+]
 
 
 def test_registry_holds_exactly_the_named_presets():
-    assert sorted(list_presets()) == ALL_PRESETS
+    assert sorted(list_presets()) == sorted(ALL_PRESETS + GEMMA4_PRESETS)
 
 
 @pytest.mark.parametrize("name", ALL_PRESETS)
@@ -179,7 +183,7 @@ def test_unknown_name_lists_presets_and_suggests_closest():
     message = str(error.value)
     assert "Unknown preset 'gemma3_270'" in message
     assert "Did you mean 'gemma3_270m'?" in message
-    assert ", ".join(ALL_PRESETS) in message  # Sorted, all of them.
+    assert ", ".join(sorted(ALL_PRESETS + GEMMA4_PRESETS)) in message  # Sorted, all of them.
     with pytest.raises(ValueError, match="Did you mean 'gemma_instruct_7b_en'"):
         preset_info("gemma_instuct_7b_en")
 
