@@ -18,6 +18,7 @@ import typing
 from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2
 
+from keras_gemma._backend import CACHE_ENV  # noqa: F401 - `loader.CACHE_ENV` names the variable
 from keras_gemma._backend import cache_root
 from keras_gemma.formats import gguf
 from keras_gemma.formats import keras_hub_preset

@@ -72,7 +72,9 @@ class TestHandles:
     )
     def test_missing_package_names_the_extra(self, handle, module, extra, monkeypatch):
         monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError.
-        with pytest.raises(ImportError, match=rf"keras-gemma\[{extra}\]"):
+        with pytest.raises(
+            ImportError, match=rf"pip install {module}.*pip install '\.\[{extra}\]'"
+        ):
             remote.download(handle)
 
 

@@ -115,6 +115,7 @@ def test_grow_keeps_slots_and_turns_a_full_sliding_cache_into_a_ring():
     class Backbone:
         sliding_window_size = 8
         transformer_layers = [Layer(t) for t in lm_config["layer_types"]]
+        kv_source_layers = [0, 1]
 
     sliding = KVCache.empty(ROWS, 6, HEADS, HEAD_DIM, "float32")  # window >= capacity 6
     full = KVCache.empty(ROWS, 6, HEADS, HEAD_DIM, "float32")
