@@ -209,9 +209,13 @@ def test_eight_concurrent_clients_each_equal_generate(server, tiny_lm):
 
 def test_seeded_sampling_is_reproducible(server):
     def sample(seed):
-        return server.client.completions.create(
-            model=MODEL, prompt=PROMPTS[1], max_tokens=12, temperature=1.0, seed=seed
-        ).choices[0].text
+        return (
+            server.client.completions.create(
+                model=MODEL, prompt=PROMPTS[1], max_tokens=12, temperature=1.0, seed=seed
+            )
+            .choices[0]
+            .text
+        )
 
     assert sample(7) == sample(7)
 
