@@ -13,8 +13,7 @@ def run(args):
         from keras_gemma.serving import build_app
     except ImportError as error:
         raise CommandError(
-            f"`keras-gemma serve` needs the serve extra ({error}): "
-            'pip install "keras-gemma[serve]"'
+            f'`keras-gemma serve` needs the serve extra ({error}): pip install "keras-gemma[serve]"'
         ) from None
     lm = load_causal_lm(args, sequence_length=args.context)
     say(f"Compiling for {args.max_batch} rows of {args.context} tokens...")

@@ -63,7 +63,9 @@ def build_app(scheduler, model_name):
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise ApiError(400, f"The body is not valid JSON: {error}", code="invalid_json")
+                raise ApiError(
+                    400, f"The body is not valid JSON: {error}", code="invalid_json"
+                ) from None
             parsed = protocol.parse_request(
                 body, scheduler.causal_lm, model_name, scheduler.context, chat
             )

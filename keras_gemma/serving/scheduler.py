@@ -176,8 +176,9 @@ class Scheduler:
             jobs.append(job)
         if not jobs:
             return
+        stops = self.stop_token_ids
         requests = [
-            Request(job.row, job.prompt, job.max_tokens, job.settings, job.seed, self.stop_token_ids)
+            Request(job.row, job.prompt, job.max_tokens, job.settings, job.seed, stops)
             for job in jobs
         ]
         try:
