@@ -207,7 +207,7 @@ class Scheduler:
             if job.completion_tokens >= job.max_tokens:
                 self._finish(row, job, "length")
                 return
-        self._send(job, final=False)
+            self._send(job, final=False)  # One streamed chunk per token, as OpenAI sends.
 
     def _check_stop_strings(self, job):
         """Cuts `job._text` at the first stop string; True when one was found."""

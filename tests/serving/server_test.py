@@ -1,8 +1,10 @@
 """`keras_gemma.serving` driven over HTTP by the official `openai` client, on a tiny model.
 
-One live uvicorn server (a thread, a free port) serves the `saved_preset`
-directory; `tiny_lm`, the same weights, is the oracle: greedy answers must
-equal `tiny_lm.generate`.
+One live uvicorn server (a thread, a free port) serves `tiny_lm`, whose
+`generate` is the oracle: greedy answers must equal it. The oracle runs only
+while the server is idle, in batches of the server's row count, so both use
+one set of compiled programs (TensorFlow compiles each bucket slowly).
+tests/guides/serving_test.py serves a preset directory with the real command.
 """
 
 import http.client
@@ -62,13 +64,11 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(saved_preset):
-    from keras_gemma.models.gemma_causal_lm import GemmaCausalLM
+def server(tiny_lm):
     from keras_gemma.serving import Scheduler
     from keras_gemma.serving import build_app
 
-    lm = GemmaCausalLM.from_preset(saved_preset)
-    scheduler = Scheduler(lm, max_batch=MAX_BATCH, context=CONTEXT).start()
+    scheduler = Scheduler(tiny_lm, max_batch=MAX_BATCH, context=CONTEXT).start()
     config = uvicorn.Config(
         build_app(scheduler, MODEL), host="127.0.0.1", port=0, log_level="error"
     )
@@ -85,19 +85,35 @@ def server(saved_preset):
     scheduler.stop()
 
 
+def _oracle(tiny_lm, prompts, max_new_tokens):
+    """`tiny_lm.generate`'s greedy outputs, in batches of `MAX_BATCH` rows (the server's bucket:
+    one set of compiled programs serves both); strings give texts, id lists give new ids."""
+    outputs = []
+    for start in range(0, len(prompts), MAX_BATCH):
+        batch = prompts[start : start + MAX_BATCH]
+        padded = batch + [batch[0]] * (MAX_BATCH - len(batch))
+        if isinstance(batch[0], str):
+            outputs += tiny_lm.generate(padded, max_new_tokens=max_new_tokens, strip_prompt=True)
+            continue
+        length = max(len(p) for p in padded)
+        token_ids = np.array([p + [0] * (length - len(p)) for p in padded])
+        mask = np.array([[i < len(p) for i in range(length)] for p in padded])
+        output = tiny_lm.generate(
+            {"token_ids": token_ids, "padding_mask": mask},
+            max_new_tokens=max_new_tokens,
+            strip_prompt=True,
+        )
+        for ids, keep in zip(output["token_ids"], output["padding_mask"]):
+            outputs.append([int(t) for t in np.asarray(ids)[np.asarray(keep, bool)]])
+    return outputs[: len(prompts)]
+
+
 def expected_ids(tiny_lm, prompt_ids, max_new_tokens):
-    """`tiny_lm.generate`'s greedy new ids after `prompt_ids` (stop token cut)."""
-    output = tiny_lm.generate(
-        {"token_ids": np.array([prompt_ids]), "padding_mask": np.ones((1, len(prompt_ids)), bool)},
-        max_new_tokens=max_new_tokens,
-        strip_prompt=True,
-    )
-    ids = np.asarray(output["token_ids"][0])
-    return [int(t) for t in ids[np.asarray(output["padding_mask"][0], bool)]]
+    return _oracle(tiny_lm, [list(prompt_ids)], max_new_tokens)[0]
 
 
 def expected_text(tiny_lm, prompt, max_new_tokens):
-    return tiny_lm.generate(prompt, max_new_tokens=max_new_tokens, strip_prompt=True)
+    return _oracle(tiny_lm, [prompt], max_new_tokens)[0]
 
 
 def test_health_and_models(server):
@@ -194,6 +210,7 @@ def test_eight_concurrent_clients_each_equal_generate(server, tiny_lm):
         except Exception as error:  # Reported below; a thread cannot fail the test.
             errors.append(error)
 
+    expected = _oracle(tiny_lm, PROMPTS, 24)  # Before the server runs: one caller at a time.
     peak_before = server.scheduler.peak_rows
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(PROMPTS))]
     for thread in threads:
@@ -202,9 +219,26 @@ def test_eight_concurrent_clients_each_equal_generate(server, tiny_lm):
         thread.join(60)
     assert not errors
     for index, prompt in enumerate(PROMPTS):
-        assert results[index] == expected_text(tiny_lm, prompt, 24), prompt
+        assert results[index] == expected[index], prompt
     assert max(peak_before, server.scheduler.peak_rows) == MAX_BATCH  # They did share the batch.
     server.wait_idle()
+
+
+def test_a_request_joins_while_another_decodes(server, tiny_lm):
+    tokenizer = tiny_lm.preprocessor.tokenizer
+    prompt = [tokenizer.bos_token_id] + [int(t) for t in tokenizer(PROMPTS[6])]
+    long_ids = expected_ids(tiny_lm, prompt, 200)
+    assert len(long_ids) == 200, "the long request must not stop early"
+    short_text = expected_text(tiny_lm, PROMPTS[7], 8)
+    stream = server.client.completions.create(
+        model=MODEL, prompt=PROMPTS[6], max_tokens=200, stream=True
+    )
+    pieces = [next(stream).choices[0].text]  # Decoding has begun.
+    short = server.client.completions.create(model=MODEL, prompt=PROMPTS[7], max_tokens=8)
+    assert len(server.scheduler.active_rows) == 1  # The long one still decodes.
+    assert short.choices[0].text == short_text
+    pieces += [chunk.choices[0].text for chunk in stream]
+    assert "".join(pieces) == tokenizer.detokenize(long_ids)
 
 
 def test_seeded_sampling_is_reproducible(server):
