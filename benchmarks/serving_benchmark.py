@@ -110,6 +110,12 @@ def main():
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--transformers", default=None, help="HF checkpoint dir to serve too")
+    parser.add_argument(
+        "--transformers-path",
+        default=None,
+        help="extra PYTHONPATH for `transformers serve` only (where its serving extra is)",
+    )
+    parser.add_argument("--skip-keras-gemma", action="store_true")
     args = parser.parse_args()
     servers = [
         (
@@ -117,14 +123,23 @@ def main():
             [sys.executable, "-m", "keras_gemma", "serve", args.preset, "--port", str(args.port)]
             + ["--max-batch", str(args.max_batch), "--model-name", "bench"],
             "bench",
+            dict(os.environ),
         )
     ]
+    if args.skip_keras_gemma:
+        servers = []
     if args.transformers:
-        command = ["transformers", "serve", "--continuous-batching", "--port", str(args.port)]
-        servers.append(("transformers", command, args.transformers))
+        command = [os.path.join(os.path.dirname(sys.executable), "transformers"), "serve"]
+        command += [args.transformers, "--continuous-batching", "--port", str(args.port)]
+        env = dict(os.environ)
+        if args.transformers_path:
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (args.transformers_path, env.get("PYTHONPATH")) if p
+            )
+        servers.append(("transformers", command, args.transformers, env))
     url = f"http://127.0.0.1:{args.port}"
-    for name, command, model in servers:
-        process = subprocess.Popen(command, env=dict(os.environ))
+    for name, command, model, env in servers:
+        process = subprocess.Popen(command, env=env)
         try:
             wait_healthy(url, process)
             run_level(url, model, 1, 4, 1)  # Warm-up.

@@ -1,4 +1,11 @@
-"""`keras-gemma serve`: an OpenAI-compatible HTTP server (needs the `serve` extra)."""
+"""`keras-gemma serve`: an OpenAI-compatible HTTP server (needs the `serve` extra).
+
+The model loads first; then uvicorn listens while the scheduler compiles its
+programs (`/health` answers 503 until they are warm, 200 after) and the URL
+is printed once requests can be served.
+"""
+
+import threading
 
 from keras_gemma.commands.common import CommandError
 from keras_gemma.commands.common import say
@@ -16,23 +23,41 @@ def run(args):
             f'`keras-gemma serve` needs the serve extra ({error}): pip install "keras-gemma[serve]"'
         ) from None
     lm = load_causal_lm(args, sequence_length=args.context)
-    say(f"Compiling for {args.max_batch} rows of {args.context} tokens...")
-    scheduler = Scheduler(lm, max_batch=args.max_batch, context=args.context).start()
+    scheduler = Scheduler(lm, max_batch=args.max_batch, context=args.context)
     model_name = args.model_name or args.preset
-    app = build_app(scheduler, model_name)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(
+        build_app(scheduler, model_name), host=args.host, port=args.port, log_level="warning"
+    )
     server = uvicorn.Server(config)
+    failures = []
+
+    def warm(port):
+        try:
+            say(f"Compiling for {scheduler.rows} rows of {scheduler.capacity} slots...")
+            scheduler.start()
+        except Exception as error:  # Reported by `run` once uvicorn has stopped.
+            failures.append(error)
+            server.should_exit = True
+            return
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"Serving {model_name} at http://{host}:{port}/v1", flush=True)
+
     original_startup = server.startup
 
     async def startup(sockets=None):
         await original_startup(sockets=sockets)
-        host = f"[{args.host}]" if ":" in args.host else args.host
+        if server.should_exit:  # The port could not be bound; uvicorn said why.
+            return
         port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
-        print(f"Serving {model_name} at http://{host}:{port}/v1", flush=True)
+        threading.Thread(target=warm, args=(port,), daemon=True).start()
 
     server.startup = startup
     try:
         server.run()
     finally:
         scheduler.stop()
+    if failures:
+        raise failures[0]
+    if not server.started:
+        raise CommandError(f"could not listen on {args.host}:{args.port}")
     return 0
