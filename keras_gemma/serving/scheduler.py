@@ -1,4 +1,4 @@
-"""Continuous batching: one thread owns a `DecodeBatch` and admits requests into free rows.
+"""Continuous batching: one thread owns `DecodeBatch`es and admits requests into free rows.
 
 The HTTP side (`app.py`, on an asyncio loop) hands a `Job` to
 `Scheduler.submit`, a thread-safe queue. The scheduler thread loops: it drops
@@ -9,6 +9,13 @@ each row's new tokens into text pieces (`IncrementalDetokenizer`), checking
 stop tokens, stop strings and the token budget. A finished job frees its row
 at once, so a request that arrives while others decode joins at the next step
 boundary; more requests than rows wait in the queue.
+
+A batch's programs cost the same whatever number of its rows is active, so
+the scheduler keeps one batch per size in `sizes` (powers of two up to
+`max_batch`'s, each compiled at start): a request goes into the largest
+running batch with a free row, else into the smallest idle batch that holds
+the requests waiting with it. One client decodes in a 1-row batch; clients
+that come together share one batch; each step runs every non-empty batch.
 
 Events go back to the job's asyncio loop with `call_soon_threadsafe`:
 `("text", piece)` as text is decoded, then `("done", finish_reason)` or
@@ -82,9 +89,11 @@ class Scheduler:
         max_batch: int >= 1, requests decoding at once (rows: the next power of two).
         context: int, the longest prompt plus new tokens a request may take.
         steps: decode steps per `run` call.
+        sizes: batch sizes (powers of two) to keep; default every power of
+            two up to `max_batch`'s. Fewer sizes compile less at start.
     """
 
-    def __init__(self, causal_lm, max_batch=8, context=2048, steps=STEPS):
+    def __init__(self, causal_lm, max_batch=8, context=2048, steps=STEPS, sizes=None):
         if max_batch < 1:
             raise ValueError(f"`max_batch` must be >= 1. Received: {max_batch}")
         self.causal_lm = causal_lm
@@ -92,6 +101,11 @@ class Scheduler:
         self.context = int(context)
         self.steps = int(steps)
         self.rows = rows_for(self.max_batch)
+        if sizes is None:
+            sizes = [1 << i for i in range(self.rows.bit_length())]
+        self.sizes = sorted(set(int(size) for size in sizes) | {self.rows})
+        if any(size != rows_for(size) or size > self.rows for size in self.sizes):
+            raise ValueError(f"`sizes` must be powers of two up to {self.rows}. Received: {sizes}")
         self.capacity = capacity_for(self.context)
         self.tokenizer = tokenizer_of(causal_lm)
         self.stop_token_ids = resolve_stop_token_ids(causal_lm, "auto")
@@ -101,18 +115,19 @@ class Scheduler:
         self.peak_rows = 0
         self.finished = {"stop": 0, "length": 0, "cancelled": 0}
         self._incoming = queue.Queue()
-        self._jobs = {}  # row -> Job
+        self._jobs = {}  # (size, row) -> Job
         self._stopping = threading.Event()
         self._thread = None
-        self.batch = None
+        self.batches = {}  # size -> DecodeBatch
 
     def _make_batch(self, rows, capacity):
         return DecodeBatch(self.causal_lm, rows, capacity, PAD_TOKEN_ID)
 
     def start(self):
-        """Compiles the batch's programs (`warm`), then starts the thread; returns self."""
-        self.causal_lm.generator.warm(self._make_batch, self.rows, self.capacity)
-        self.batch = self._make_batch(self.rows, self.capacity)
+        """Compiles the batches' programs (`warm`), then starts the thread; returns self."""
+        for size in self.sizes:
+            self.causal_lm.generator.warm(self._make_batch, size, self.capacity)
+            self.batches[size] = self._make_batch(size, self.capacity)
         self._thread = threading.Thread(target=self._loop, name="keras-gemma-scheduler")
         self._thread.daemon = True
         self._thread.start()
@@ -132,7 +147,7 @@ class Scheduler:
 
     @property
     def active_rows(self):
-        """Rows decoding now (a snapshot)."""
+        """`(batch size, row)` of the jobs decoding now (a snapshot)."""
         return sorted(self._jobs)
 
     @property
@@ -143,28 +158,44 @@ class Scheduler:
 
     def _loop(self):
         while not self._stopping.is_set():
-            for row, job in list(self._jobs.items()):
+            for slot, job in list(self._jobs.items()):
                 if job.cancelled:
-                    self._finish(row, job, None)
+                    self._finish(slot, job, None)
             self._admit()
             if not self._jobs:
                 continue
-            try:
-                produced = self.batch.run(limit=self.steps)
-            except Exception as error:  # A failed program call: fail its jobs, start clean.
-                self._fail_all(error)
-                continue
-            self.steps_run += 1
-            for row, job in list(self._jobs.items()):
-                self._advance(row, job, produced.get(row, []))
-                if row in self._jobs and not self.batch.rows.active[row]:
-                    self._finish(row, job, "length")
+            for size in sorted({slot[0] for slot in self._jobs}):
+                batch = self.batches[size]
+                try:
+                    produced = batch.run(limit=self.steps)
+                except Exception as error:  # A failed program call: fail its jobs, start clean.
+                    self._fail(size, error)
+                    continue
+                self.steps_run += 1
+                for slot, job in list(self._jobs.items()):
+                    if slot[0] != size:
+                        continue
+                    self._advance(slot, job, produced.get(slot[1], []))
+                    if slot in self._jobs and not batch.rows.active[slot[1]]:
+                        self._finish(slot, job, "length")
+
+    def _place(self, demand, taken):
+        """A free `(size, row)` for one of `demand` jobs still to place."""
+        used = set(self._jobs) | taken
+        running = {size for size, _ in used}
+        order = sorted(running, reverse=True)
+        idle = [size for size in self.sizes if size not in running]
+        order += [size for size in idle if size >= demand] + sorted(idle, reverse=True)
+        for size in order:
+            for row in range(size):
+                if (size, row) not in used:
+                    return size, row
+        raise RuntimeError("no free row")  # Unreachable: jobs never exceed max_batch.
 
     def _admit(self):
         """Moves waiting jobs into free rows; blocks briefly when there is nothing to do."""
-        free = [row for row in range(self.max_batch) if row not in self._jobs]
         jobs = []
-        while free:
+        while len(self._jobs) + len(jobs) < self.max_batch:
             try:
                 block = not self._jobs and not jobs
                 job = self._incoming.get(block=block, timeout=IDLE_POLL if block else None)
@@ -172,40 +203,43 @@ class Scheduler:
                 break
             if job.cancelled:
                 continue
-            job.row = free.pop(0)
             jobs.append(job)
-        if not jobs:
-            return
+        taken = set()
+        for index, job in enumerate(jobs):
+            job.row = self._place(len(jobs) - index, taken)
+            taken.add(job.row)
         stops = self.stop_token_ids
-        requests = [
-            Request(job.row, job.prompt, job.max_tokens, job.settings, job.seed, stops)
-            for job in jobs
-        ]
-        try:
-            self.batch.admit(requests)
-        except Exception as error:
-            for job in jobs:
-                job._emit(("error", f"{type(error).__name__}: {error}"))
-            self._fail_all(error)
-            return
-        for job in jobs:
-            job._detokenizer = IncrementalDetokenizer(self.tokenizer)
-            self._jobs[job.row] = job
+        for size in sorted({job.row[0] for job in jobs}):
+            group = [job for job in jobs if job.row[0] == size]
+            requests = [
+                Request(job.row[1], job.prompt, job.max_tokens, job.settings, job.seed, stops)
+                for job in group
+            ]
+            try:
+                self.batches[size].admit(requests)
+            except Exception as error:
+                for job in group:
+                    job._emit(("error", f"{type(error).__name__}: {error}"))
+                self._fail(size, error)
+                continue
+            for job in group:
+                job._detokenizer = IncrementalDetokenizer(self.tokenizer)
+                self._jobs[job.row] = job
         self.peak_rows = max(self.peak_rows, len(self._jobs))
 
-    def _advance(self, row, job, tokens):
+    def _advance(self, slot, job, tokens):
         """Feeds a row's new tokens to its job: text events, stop tokens, stop strings, budget."""
         for token in tokens:
             if token in self.stop_token_ids:
-                self._finish(row, job, "stop")
+                self._finish(slot, job, "stop")
                 return
             job.completion_tokens += 1
             job._text += job._detokenizer.add(token)
             if self._check_stop_strings(job):
-                self._finish(row, job, "stop", flush=False)
+                self._finish(slot, job, "stop", flush=False)
                 return
             if job.completion_tokens >= job.max_tokens:
-                self._finish(row, job, "length")
+                self._finish(slot, job, "length")
                 return
             self._send(job, final=False)  # One streamed chunk per token, as OpenAI sends.
 
@@ -233,10 +267,10 @@ class Scheduler:
             job._emit(("text", job._text[job._sent : end]))
             job._sent = end
 
-    def _finish(self, row, job, reason, flush=True):
-        """Frees `row` at once; `reason` None means cancelled (no events)."""
-        self.batch.release(row)
-        self._jobs.pop(row, None)
+    def _finish(self, slot, job, reason, flush=True):
+        """Frees `slot` at once; `reason` None means cancelled (no events)."""
+        self.batches[slot[0]].release(slot[1])
+        self._jobs.pop(slot, None)
         if reason is None:
             self.finished["cancelled"] += 1
             return
@@ -249,9 +283,11 @@ class Scheduler:
         self.finished[reason] += 1
         job._emit(("done", reason))
 
-    def _fail_all(self, error):
+    def _fail(self, size, error):
+        """Fails every job of the `size` batch and replaces the batch (its state is unknown)."""
         message = f"{type(error).__name__}: {error}"
-        for row, job in list(self._jobs.items()):
-            job._emit(("error", message))
-            self._jobs.pop(row, None)
-        self.batch = self._make_batch(self.rows, self.capacity)
+        for slot, job in list(self._jobs.items()):
+            if slot[0] == size:
+                job._emit(("error", message))
+                self._jobs.pop(slot, None)
+        self.batches[size] = self._make_batch(size, self.capacity)

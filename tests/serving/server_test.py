@@ -68,7 +68,8 @@ def server(tiny_lm):
     from keras_gemma.serving import Scheduler
     from keras_gemma.serving import build_app
 
-    scheduler = Scheduler(tiny_lm, max_batch=MAX_BATCH, context=CONTEXT).start()
+    # Sizes 1 and 4 (not 2): one fewer set of programs to compile.
+    scheduler = Scheduler(tiny_lm, MAX_BATCH, CONTEXT, sizes=(1, MAX_BATCH)).start()
     config = uvicorn.Config(
         build_app(scheduler, MODEL), host="127.0.0.1", port=0, log_level="error"
     )
@@ -234,8 +235,9 @@ def test_a_request_joins_while_another_decodes(server, tiny_lm):
         model=MODEL, prompt=PROMPTS[6], max_tokens=96, stream=True
     )
     pieces = [next(stream).choices[0].text]  # Decoding has begun.
+    assert server.scheduler.active_rows == [(1, 0)]  # Alone: in the 1-row batch.
     short = server.client.completions.create(model=MODEL, prompt=PROMPTS[7], max_tokens=8)
-    assert len(server.scheduler.active_rows) == 1  # The long one still decodes.
+    assert server.scheduler.active_rows == [(1, 0)]  # The long one still decodes.
     assert short.choices[0].text == short_text
     pieces += [chunk.choices[0].text for chunk in stream]
     assert "".join(pieces) == tokenizer.detokenize(long_ids)
