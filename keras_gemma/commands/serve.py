@@ -33,7 +33,8 @@ def run(args):
 
     def warm(port):
         try:
-            say(f"Compiling for {scheduler.rows} rows of {scheduler.capacity} slots...")
+            sizes = ", ".join(str(size) for size in scheduler.sizes)
+            say(f"Compiling for batches of {sizes} rows, {scheduler.capacity} slots each...")
             scheduler.start()
         except Exception as error:  # Reported by `run` once uvicorn has stopped.
             failures.append(error)
