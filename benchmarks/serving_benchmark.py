@@ -52,34 +52,44 @@ def wait_healthy(url, process, timeout=900):
     raise RuntimeError("server did not become healthy")
 
 
-def one_request(client, model, prompt, max_tokens):
+def one_request(client, model, prompt, max_tokens, chat):
     start = time.perf_counter()
     times, pieces, tokens = [], [], None
-    stream = client.completions.create(
+    if chat:
+        create = client.chat.completions.create
+        request = dict(messages=[{"role": "user", "content": prompt}])
+    else:
+        create = client.completions.create
+        request = dict(prompt=prompt)
+    stream = create(
         model=model,
-        prompt=prompt,
         max_tokens=max_tokens,
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
+        **request,
     )
     for chunk in stream:
-        if chunk.choices and chunk.choices[0].text:
+        text = None
+        if chunk.choices:
+            choice = chunk.choices[0]
+            text = choice.delta.content if chat else choice.text
+        if text:
             times.append(time.perf_counter())
-            pieces.append(chunk.choices[0].text)
+            pieces.append(text)
         if getattr(chunk, "usage", None) is not None:
             tokens = chunk.usage.completion_tokens
     return start, times, "".join(pieces), tokens
 
 
-def run_level(url, model, clients, max_tokens, rounds):
+def run_level(url, model, clients, max_tokens, rounds, chat):
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
     results = [[] for _ in range(clients)]
 
     def worker(index):
         for r in range(rounds):
             prompt = PROMPTS[(index + r) % len(PROMPTS)]
-            results[index].append((prompt, *one_request(client, model, prompt, max_tokens)))
+            results[index].append((prompt, *one_request(client, model, prompt, max_tokens, chat)))
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     began = time.perf_counter()
@@ -116,6 +126,7 @@ def main():
         help="extra PYTHONPATH for `transformers serve` only (where its serving extra is)",
     )
     parser.add_argument("--skip-keras-gemma", action="store_true")
+    parser.add_argument("--chat", action="store_true", help="chat completions (else completions)")
     args = parser.parse_args()
     servers = [
         (
@@ -142,11 +153,11 @@ def main():
         process = subprocess.Popen(command, env=env)
         try:
             wait_healthy(url, process)
-            run_level(url, model, 1, 4, 1)  # Warm-up.
+            run_level(url, model, 1, 4, 1, args.chat)  # Warm-up.
             solo = None
             for clients in args.levels:
                 wall, ttft, per_token, texts, tokens = run_level(
-                    url, model, clients, args.max_tokens, args.rounds
+                    url, model, clients, args.max_tokens, args.rounds, args.chat
                 )
                 flat = {p: next(iter(t)) for p, t in texts.items()}
                 if solo is None:
@@ -156,6 +167,7 @@ def main():
                 )
                 record = {
                     "server": name,
+                    "endpoint": "chat" if args.chat else "completions",
                     "clients": clients,
                     "requests": clients * args.rounds,
                     "max_tokens": args.max_tokens,
