@@ -13,9 +13,11 @@ boundary; more requests than rows wait in the queue.
 A batch's programs cost the same whatever number of its rows is active, so
 the scheduler keeps one batch per size in `sizes` (powers of two up to
 `max_batch`'s, each compiled at start): a request goes into the largest
-running batch with a free row, else into the smallest idle batch that holds
-the requests waiting with it. One client decodes in a 1-row batch; clients
-that come together share one batch; each step runs every non-empty batch.
+running batch with a free row; else, when nothing runs, into the smallest
+batch that holds the requests waiting with it, and when something runs, into
+the largest idle batch (later requests join it, so at most two sizes decode
+side by side while the first drains). One client decodes in a 1-row batch;
+busy clients share one batch; each step runs every non-empty batch.
 
 Events go back to the job's asyncio loop with `call_soon_threadsafe`:
 `("text", piece)` as text is decoded, then `("done", finish_reason)` or
@@ -185,7 +187,9 @@ class Scheduler:
         running = {size for size, _ in used}
         order = sorted(running, reverse=True)
         idle = [size for size in self.sizes if size not in running]
-        order += [size for size in idle if size >= demand] + sorted(idle, reverse=True)
+        if not running:  # A quiet server: the smallest batch that holds the newcomers.
+            order += [size for size in idle if size >= demand]
+        order += sorted(idle, reverse=True)  # Busy: the largest, so that later ones join it.
         for size in order:
             for row in range(size):
                 if (size, row) not in used:
