@@ -5,6 +5,7 @@ keras-gemma generate "The capital of France is"      # streams from gemma3_270m
 keras-gemma chat --preset ./my_gemma                  # multi-turn, over stdin
 keras-gemma convert ./hf_checkpoint ./my_gemma        # HF dir or .gguf -> Keras preset
 keras-gemma finetune data.jsonl --output adapter.lora.h5
+keras-gemma serve --port 8000 --max-batch 8             # OpenAI-compatible API
 keras-gemma presets
 keras-gemma --backend torch generate "..."
 ```
@@ -196,6 +197,33 @@ def build_parser():
         "--output", default="adapter.lora.h5", help="adapter file, .lora.h5 or .safetensors"
     )
 
+    serve = subparsers.add_parser(
+        "serve", help="an OpenAI-compatible HTTP server with continuous batching"
+    )
+    serve.add_argument(
+        "preset",
+        nargs="?",
+        default=DEFAULT_PRESET,
+        help="any from_preset handle (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--dtype", default=None, help="weights dtype, e.g. float32 or bfloat16 (default: float32)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    serve.add_argument(
+        "--max-batch", type=_positive_int, default=8, help="requests decoding at once (default: 8)"
+    )
+    serve.add_argument(
+        "--context",
+        type=_positive_int,
+        default=2048,
+        help="prompt plus new tokens per request, at most (default: 2048)",
+    )
+    serve.add_argument(
+        "--model-name", default=None, help="the model id clients send (default: PRESET as given)"
+    )
+
     subparsers.add_parser("presets", help="list the registered presets")
     return parser
 
@@ -210,6 +238,8 @@ def _command(name):
         from keras_gemma.commands import convert as command
     elif name == "finetune":
         from keras_gemma.commands import finetune as command
+    elif name == "serve":
+        from keras_gemma.commands import serve as command
     else:
         from keras_gemma.commands import presets as command
     return command.run
