@@ -141,9 +141,18 @@ def peers(backend, export_dir):
     return runners
 
 
-def median_time(function, runs):
-    function()
-    return statistics.median(timed(function)[0] for _ in range(runs))
+def interleaved_medians(cases, runs):
+    """`{name: median seconds}`; each warmed once, then run i of every case before run i + 1.
+
+    A machine whose speed drifts (other tenants) slows every library alike.
+    """
+    for function in cases.values():
+        function()
+    times = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, function in cases.items():
+            times[name].append(timed(function)[0])
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def one_backend(args):
@@ -194,27 +203,21 @@ def one_backend(args):
     def ours_ttft():
         return next(iter(lm.generate(ttft_text, max_new_tokens=8, stream=True, strip_prompt=True)))
 
-    comparisons = {
-        "long_1100_plus_16_s": {
-            "keras_gemma": median_time(
-                lambda: lm.generate(long_text, max_new_tokens=16, stop_token_ids=None), args.runs
-            )
-        },
-        "ttft_400_s": {"keras_gemma": median_time(ours_ttft, args.runs)},
-        "decode_6_plus_32_s": {
-            "keras_gemma": median_time(
-                lambda: lm.generate(PROMPT, max_new_tokens=32, stop_token_ids=None), args.runs
-            )
-        },
-    }
-    for name, run in others.items():
-        comparisons["long_1100_plus_16_s"][name] = median_time(
-            lambda run=run: run(long_text, 16), args.runs
-        )
-        comparisons["ttft_400_s"][name] = median_time(lambda run=run: run(ttft_text, 1), args.runs)
-        comparisons["decode_6_plus_32_s"][name] = median_time(
-            lambda run=run: run(PROMPT, 32), args.runs
-        )
+    texts = {"long_1100_plus_16_s": (long_text, 16), "ttft_400_s": (ttft_text, 1)}
+    texts["decode_6_plus_32_s"] = (PROMPT, 32)
+    comparisons = {}
+    for metric, (text, new_tokens) in texts.items():
+        if metric == "ttft_400_s":
+            cases = {"keras_gemma": ours_ttft}
+        else:
+            cases = {
+                "keras_gemma": lambda t=text, n=new_tokens: lm.generate(
+                    t, max_new_tokens=n, stop_token_ids=None
+                )
+            }
+        for name, run in others.items():
+            cases[name] = lambda run=run, t=text, n=new_tokens: run(t, n)
+        comparisons[metric] = interleaved_medians(cases, args.runs)
     for values in comparisons.values():
         ours = values["keras_gemma"]
         for name in list(values):
