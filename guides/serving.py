@@ -18,7 +18,7 @@ others decode joins at the next step, and a finished (or abandoned) request
 frees its row at once. Install the `serve` extra:
 
 ```shell
-pip install "keras-gemma[jax,embedded,serve]" openai
+pip install ".[jax,embedded,serve]" openai   # in a keras_gemma checkout
 ```
 
 and start the server (any `from_preset` handle: a preset name, a Keras preset

@@ -20,7 +20,8 @@ def run(args):
         from keras_gemma.serving import build_app
     except ImportError as error:
         raise CommandError(
-            f'`keras-gemma serve` needs the serve extra ({error}): pip install "keras-gemma[serve]"'
+            f"`keras-gemma serve` needs the serve extra ({error}): pip install starlette "
+            "uvicorn (or, in a keras_gemma checkout: pip install '.[serve]')"
         ) from None
     lm = load_causal_lm(args, sequence_length=args.context)
     scheduler = Scheduler(lm, max_batch=args.max_batch, context=args.context)
