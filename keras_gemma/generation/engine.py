@@ -32,6 +32,7 @@ from keras import tree
 from keras_gemma._backend import cache_root
 from keras_gemma.generation import decode_loop
 from keras_gemma.generation import decoding
+from keras_gemma.generation import kernels
 from keras_gemma.generation.kv_cache import functional_write
 
 BACKEND = keras.config.backend()
@@ -372,7 +373,10 @@ class CompiledGenerator:
         def call(*args):
             args = tree.map_structure(lambda tensor: tensor.contiguous(), args)
             shapes = tuple((tuple(t.shape), t.dtype) for t in tree.flatten(args))
-            key = (name, len(variables), shapes)
+            # Packed quantized weights are constants of a trace: a repack
+            # (new quantization, assigned weights) makes new traces.
+            packing = kernels.prepare(self.causal_lm.backbone)
+            key = (name, len(variables), shapes, packing)
             if key not in self._functions:
                 self._functions[key] = trace(key, args)
                 # Checked on the next call: its inputs differ from the

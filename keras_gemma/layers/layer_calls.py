@@ -11,7 +11,21 @@ of `GemmaDecoderBlock`, `GemmaAttention`, `GatedFeedForward` and
 `call_layer(sublayer, direct, ...)`: `sublayer.call(...)` when that is exactly
 what `sublayer(...)` would do (the layer is built, not quantized, and computes
 in its variables' dtype), `sublayer(...)` otherwise.
+
+A quantized layer may have a decode kernel (`DECODE_KERNELS`, filled by
+`generation/kernels.py` on backends with fast weight-only quantized
+matmuls): on the direct path `call_layer` uses it when it accepts the input
+(it returns None otherwise). The layers stay backend-neutral: they only look
+the kernel up.
 """
+
+import weakref
+
+# layer -> `kernel(inputs)`: the layer's output, or None when the kernel does
+# not take these inputs (the layer's own call runs then).
+DECODE_KERNELS = weakref.WeakKeyDictionary()
+# The same for a quantized `ReversibleEmbedding`'s reverse (logits) projection.
+REVERSE_KERNELS = weakref.WeakKeyDictionary()
 
 
 def is_plain(layer):
@@ -30,6 +44,12 @@ def call_layer(layer, direct, /, *args, **kwargs):
     `direct` is positional-only, so a layer that takes the mode itself gets it
     as a keyword too: `call_layer(self.attention, direct, x, direct=direct)`.
     """
-    if direct and is_plain(layer):
-        return layer.call(*args, **kwargs)
+    if direct:
+        if is_plain(layer):
+            return layer.call(*args, **kwargs)
+        kernel = DECODE_KERNELS.get(layer)
+        if kernel is not None and not kwargs and len(args) == 1:
+            result = kernel(args[0])
+            if result is not None:
+                return result
     return layer(*args, **kwargs)
