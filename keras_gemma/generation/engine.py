@@ -313,6 +313,10 @@ class CompiledGenerator:
         import torch
 
         variables = self.causal_lm.variables
+        # Packed quantized weights are constants of a trace: a repack (new
+        # quantization, assigned weights) makes new traces. Checked once per
+        # program call (a decode call, a prefill chunk), not per step.
+        packing = kernels.prepare(self.causal_lm.backbone)
 
         def values():
             return tuple(variable.value.detach() for variable in variables)
@@ -373,9 +377,6 @@ class CompiledGenerator:
         def call(*args):
             args = tree.map_structure(lambda tensor: tensor.contiguous(), args)
             shapes = tuple((tuple(t.shape), t.dtype) for t in tree.flatten(args))
-            # Packed quantized weights are constants of a trace: a repack
-            # (new quantization, assigned weights) makes new traces.
-            packing = kernels.prepare(self.causal_lm.backbone)
             key = (name, len(variables), shapes, packing)
             if key not in self._functions:
                 self._functions[key] = trace(key, args)

@@ -31,6 +31,9 @@ Registered kernels are used on the direct (generation) path only: training,
 `__call__` and `score()` keep Keras' layers.
 """
 
+import math
+import weakref
+
 import keras
 
 from keras_gemma.layers.layer_calls import DECODE_KERNELS
@@ -43,8 +46,8 @@ INT4_GROUP = 128
 _INT4_OUTPUT_MULTIPLE = 16
 
 _generation = [0]
-# id(layer) -> (fingerprint of its variables, packed weights).
-_packed = {}
+# layer -> the fingerprint of its variables when it was last packed.
+_packed = weakref.WeakKeyDictionary()
 
 
 def supported():
@@ -61,8 +64,9 @@ def supported():
 def prepare(backbone):
     """Registers decode kernels for `backbone`'s quantized layers; returns a generation number.
 
-    A no-op (returning 0) on backends without the kernels, and for layers
-    whose shapes the kernels do not take.
+    A no-op (returning 0) on backends without the kernels. A layer whose
+    shapes the kernels do not take gets none, and is not tried again until
+    its variables change.
     """
     if not supported():
         return 0
@@ -70,19 +74,21 @@ def prepare(backbone):
         mode = getattr(layer, "quantization_mode", None)
         if mode not in ("int8", "int4") or not layer.built:
             continue
-        registry = REVERSE_KERNELS if _is_embedding(layer) else DECODE_KERNELS
         fingerprint = _fingerprint(layer)
-        cached = _packed.get(id(layer))
-        if cached is not None and cached[0] == fingerprint and layer in registry:
+        if _packed.get(layer) == fingerprint:
             continue
-        DECODE_KERNELS.pop(layer, None)
-        kernel = _make_kernel(layer, mode)
-        _packed[id(layer)] = (fingerprint, kernel)
+        kernel, lookup = _make_kernels(layer, mode)
+        _packed[layer] = fingerprint
         _generation[0] += 1
-        if kernel is None:
-            registry.pop(layer, None)
-        else:
-            registry[layer] = kernel
+        # An embedding's matmul is its reverse (logits) call; its lookup, if
+        # any, is its own call. Any other layer's matmul is its own call.
+        entries = ((REVERSE_KERNELS, kernel), (DECODE_KERNELS, lookup))
+        if not _is_embedding(layer):
+            entries = ((DECODE_KERNELS, kernel),)
+        for table, entry in entries:
+            table.pop(layer, None)
+            if entry is not None:
+                table[layer] = entry
     return _generation[0]
 
 
@@ -96,48 +102,47 @@ def _fingerprint(layer):
     return (layer.quantization_mode,) + tuple((v.data_ptr(), v._version) for v in values)
 
 
-def _make_kernel(layer, mode):
+def _make_kernels(layer, mode):
+    """`(kernel, lookup)` for `layer`: its packed matmul (or None) and, for an
+    int4 embedding, a lookup that unpacks only the rows asked for (else None)."""
     import torch
 
-    if mode == "int8" and _is_embedding(layer) and _tied_int8_table(layer):
-        # Keras' own table is already (vocabulary, width) int8 with one scale
-        # per row (dividing): read it in place, no second copy of the head.
-        quantized = layer._embeddings.value.detach()
-        scale = (1.0 / layer.embeddings_scale.value.detach().float()).to(torch.bfloat16)
+    if mode == "int8":
+        if _is_embedding(layer) and _tied_int8_table(layer):
+            # Keras' own table is already (vocabulary, width) int8 with one
+            # scale per row (dividing): read it in place, no second copy.
+            quantized = layer._embeddings.value.detach()
+            scale = 1.0 / layer.embeddings_scale.value.detach().float()
+        else:
+            dense = _float_kernel(layer)  # (out, in) float32, or None
+            if dense is None:
+                return None, None
+            scale = dense.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            quantized = torch.round(dense / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        scale = scale.to(torch.bfloat16)
         out_features, in_features = quantized.shape
 
         def matmul(rows):
             return torch.ops.aten._weight_int8pack_mm(rows, quantized, scale)
 
-        return _Kernel(layer, matmul, in_features, out_features)
-    dense = _float_kernel(layer)  # (out, in) float32, or None
-    if dense is None:
-        return None
-    out_features, in_features = dense.shape
-    if mode == "int8":
-        scale = dense.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-        quantized = torch.round(dense / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        scale = scale.to(torch.bfloat16)
+        return _Kernel(layer, matmul, in_features, out_features), None
 
-        def matmul(rows):
-            return torch.ops.aten._weight_int8pack_mm(rows, quantized, scale)
+    dense = _float_kernel(layer)
+    grid = None if dense is None else _int4_grid(dense)
+    if grid is None:
+        return None, None
+    levels, step, low, group = grid
+    out_features, in_features = levels.shape
+    # The kernel computes (q - 8) * scale + zero per group.
+    scale_zero = torch.stack([step, low + 8.0 * step], dim=-1).transpose(0, 1)
+    scale_zero = scale_zero.contiguous().to(torch.bfloat16)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels, 2)
 
-    else:
-        grid = _int4_grid(dense)
-        if grid is None:
-            return None
-        levels, step, low, group = grid
-        # The kernel computes (q - 8) * scale + zero per group.
-        scale_zero = torch.stack([step, low + 8.0 * step], dim=-1).transpose(0, 1)
-        scale_zero = scale_zero.contiguous().to(torch.bfloat16)
-        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels, 2)
+    def matmul(rows):
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group, scale_zero)
 
-        def matmul(rows):
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group, scale_zero)
-
-        if _is_embedding(layer):
-            DECODE_KERNELS[layer] = _Lookup(levels, step, low, group)
-    return _Kernel(layer, matmul, in_features, out_features)
+    lookup = _Lookup(levels, step, low, group) if _is_embedding(layer) else None
+    return _Kernel(layer, matmul, in_features, out_features), lookup
 
 
 def _int4_grid(dense):
@@ -174,12 +179,12 @@ class _Lookup:
     def __call__(self, token_ids):
         import torch
 
-        rows = self.packed[token_ids.long()]
+        token_ids = token_ids.long()
+        rows = self.packed[token_ids]
         levels = torch.stack([rows & 15, rows >> 4], dim=-1).reshape(rows.shape[:-1] + (-1,))
         lead = tuple(levels.shape[:-1])
         grouped = levels.reshape(lead + (-1, self.group)).float()
-        values = grouped * self.step[token_ids.long()][..., None]
-        values = values + self.low[token_ids.long()][..., None]
+        values = grouped * self.step[token_ids][..., None] + self.low[token_ids][..., None]
         return values.reshape(lead + (-1,))
 
 
@@ -220,9 +225,7 @@ class _Kernel:
         if getattr(self.layer, "lora_enabled", False):
             return None
         lead = tuple(inputs.shape[: inputs.ndim - self.input_dims])
-        rows = 1
-        for size in lead:
-            rows *= int(size)
+        rows = math.prod(int(size) for size in lead)
         if rows == 0:
             return None
         flat = inputs.reshape(rows, self.in_features).to(torch.bfloat16).contiguous()
@@ -248,9 +251,7 @@ def _float_kernel(layer):
     if shape is None or len(shape) < 3 or any(d is None for d in shape[2:]):
         return None
     tail = tuple(int(d) for d in shape[2:])
-    width = 1
-    for d in tail:
-        width *= d
+    width = math.prod(tail)
     eye = torch.eye(width, dtype=torch.float32).reshape((1, width) + tail)
     lora = getattr(layer, "lora_enabled", False)
     layer.lora_enabled = False

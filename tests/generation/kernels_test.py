@@ -108,6 +108,18 @@ def test_kernel_outputs_follow_the_layers_own(mode):
 
 
 @pytest.mark.skipif(not TORCH, reason="the packed kernels are PyTorch's (see module docstring)")
+def test_layers_the_kernels_do_not_take_are_not_tried_again():
+    # The default tiny widths: key/value have 8 output channels, which the
+    # int4 kernel does not take.
+    backbone = models.random_backbone(0)
+    backbone.quantize("int4")
+    generation = kernels.prepare(backbone)
+    key = backbone.transformer_layers[0].attention.key
+    assert key not in layer_calls.DECODE_KERNELS
+    assert kernels.prepare(backbone) == generation
+
+
+@pytest.mark.skipif(not TORCH, reason="the packed kernels are PyTorch's (see module docstring)")
 def test_assigned_weights_are_packed_again():
     backbone = quantized_backbone("int8")
     generation = kernels.prepare(backbone)
