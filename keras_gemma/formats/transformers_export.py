@@ -10,6 +10,7 @@ import os
 import keras
 import numpy as np
 
+from keras_gemma.formats.chat_templates import chat_template
 from keras_gemma.formats.files import atomic_directory_write
 from keras_gemma.formats.files import write_json
 from keras_gemma.formats.preset import HF_TOKENIZER_FILE
@@ -99,6 +100,8 @@ def _write_export(backbone, tokenizer, directory):
             "model_max_length": hf_config["max_position_embeddings"],
             "padding_side": "left",
             **special,
+            # `transformers serve`, vLLM and `apply_chat_template` read the turn format here.
+            "chat_template": chat_template(tokenizer.turn_tokens),
         }
         write_json(os.path.join(directory, TOKENIZER_CONFIG_FILE), tokenizer_config)
 
@@ -109,7 +112,8 @@ def export_backbone(backbone, directory, tokenizer=None, overwrite=False):
     The directory gets `config.json` (model type `gemma`, `gemma2` or
     `gemma3_text`, chosen from the config), `model.safetensors` in the
     weights' dtype, `generation_config.json` and, with a tokenizer,
-    `tokenizer.model` plus `tokenizer_config.json`. Written atomically: a
+    `tokenizer.model` plus `tokenizer_config.json` (with the vocabulary's chat
+    template, `formats.chat_templates`). Written atomically: a
     failure leaves an existing directory as it was. A `directory` holding
     files other than a previous export's is refused unless `overwrite`.
     """
