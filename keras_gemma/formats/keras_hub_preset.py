@@ -1,12 +1,13 @@
 """Preset directories written by keras-hub's `save_to_preset`, read without keras-hub.
 
 keras-hub (0.32) writes `config.json` (`keras_hub>GemmaBackbone` for Gemma 1
-and 2, `keras_hub>Gemma3Backbone` for Gemma 3), `metadata.json` and the
-weights as `model.weights.h5` (or `model.weights.json` plus
-`model_NNNNN.weights.h5` shards). Nothing is deserialized: the config is
-read as data and mapped to `GemmaBackbone` arguments, and the HDF5 file is
-walked with h5py into `{variable path: array}` (`formats.variables`). Every
-kernel has the same shape in keras-hub and here.
+and 2, `keras_hub>Gemma3Backbone` for Gemma 3, `keras_hub>Gemma4Backbone`
+for Gemma 4), `metadata.json` and the weights as `model.weights.h5` (or
+`model.weights.json` plus `model_NNNNN.weights.h5` shards). Nothing is
+deserialized: the config is read as data and mapped to `GemmaBackbone`
+arguments, and the HDF5 file is walked with h5py into `{variable path:
+array}` (`formats.variables`). Every kernel has the same shape in keras-hub
+and here. Gemma 4's mapping is `formats.keras_hub_gemma4`.
 
 Facts about keras-hub used here (from its source, `models/gemma*/`):
 - `GemmaBackbone.intermediate_dim` is twice the width of one FFN branch (its
@@ -33,6 +34,7 @@ import os
 
 import numpy as np
 
+from keras_gemma.formats import keras_hub_gemma4
 from keras_gemma.formats.files import read_json
 from keras_gemma.formats.variables import variable_shapes
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
@@ -40,6 +42,7 @@ from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
 
 GEMMA_REGISTERED_NAME = "keras_hub>GemmaBackbone"
 GEMMA3_REGISTERED_NAME = "keras_hub>Gemma3Backbone"
+CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 SHARDED_WEIGHTS_CONFIG = "model.weights.json"
 # keras-hub's Gemma 3 RoPE bases (hard-coded in its backbone).
@@ -72,18 +75,28 @@ def backbone_config(directory):
         `(config, stored_dtype)`: the constructor arguments and the dtype
         policy name keras-hub saved (e.g. "bfloat16"), or None.
     """
-    stored = read_json(os.path.join(directory, "config.json"))
+    class_name, hub = _stored_config(directory)
+    if class_name == keras_hub_gemma4.REGISTERED_NAME:
+        file = os.path.join(directory, CONFIG_FILE)
+        config = keras_hub_gemma4.config_from_keras_hub(hub, f"`{file}`")
+    else:
+        config = config_from_keras_hub(
+            hub, class_name == GEMMA3_REGISTERED_NAME, f"The keras-hub preset in {directory!r}"
+        )
+    return config, _dtype_name(hub.get("dtype"))
+
+
+def _stored_config(directory):
+    """`(registered class name, backbone config)` of a keras-hub preset's `config.json`."""
+    stored = read_json(os.path.join(directory, CONFIG_FILE))
     class_name = _class_name(stored)
-    if class_name not in (GEMMA_REGISTERED_NAME, GEMMA3_REGISTERED_NAME):
+    supported = (GEMMA_REGISTERED_NAME, GEMMA3_REGISTERED_NAME, keras_hub_gemma4.REGISTERED_NAME)
+    if class_name not in supported:
         raise ValueError(
             f"`config.json` in {directory!r} describes {class_name!r}. Supported keras-hub "
-            f"backbones: {GEMMA_REGISTERED_NAME!r} and {GEMMA3_REGISTERED_NAME!r} (text only)."
+            f"backbones: {', '.join(map(repr, supported))} (text only)."
         )
-    hub = stored.get("config", {})
-    config = config_from_keras_hub(
-        hub, class_name == GEMMA3_REGISTERED_NAME, f"The keras-hub preset in {directory!r}"
-    )
-    return config, _dtype_name(hub.get("dtype"))
+    return class_name, stored.get("config", {})
 
 
 def config_from_keras_hub(hub, is_gemma3, source):
@@ -225,33 +238,49 @@ def _our_layer_path(group_path):
     return "/".join([top] + [_LAYER_NAMES.get(part, part) for part in rest])
 
 
-def _read_layer_arrays(directory):
-    """`{our layer path: [arrays in variable order]}` from keras-hub's HDF5 file(s)."""
+def read_hdf5_variables(directory, skip_groups=()):
+    """`({HDF5 path of each variable: array}, weight file names)` of a keras-hub preset.
+
+    Keras stores a layer's variables as datasets `<layer path>/vars/<index>`;
+    every such dataset of every shard is read (a layer's variables may span
+    shards), except those under `skip_groups` (path prefixes). bfloat16
+    arrays (stored as 16-bit words with a `dtype` attribute) come back as
+    `ml_dtypes.bfloat16`.
+    """
     import h5py
     import ml_dtypes  # Installed with keras and jax; tensorflow ships it too.
 
-    arrays = {}
+    files = _weight_files(directory)
+    variables = {}
 
     def visit(name, item):
-        if not isinstance(item, h5py.Group) or not name.endswith("/vars") or not len(item):
+        parent, _, index = name.rpartition("/")
+        if not parent.endswith("/vars") or not index.isdigit() or name.startswith(skip_groups):
             return
-        layer = _our_layer_path(name[: -len("/vars")])
-        if layer is None:
-            return
-        values = []
-        for index in range(len(item)):
-            dataset = item[str(index)]
-            if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
-                raise ValueError(f"`{name}/{index}` in {directory!r} is not a plain HDF5 dataset.")
-            value = dataset[()]
-            if dataset.attrs.get("dtype") == "bfloat16":
-                value = np.asarray(value).view(ml_dtypes.bfloat16)
-            values.append(np.asarray(value))
-        arrays.setdefault(layer, values)
+        if not isinstance(item, h5py.Dataset) or item.external or item.is_virtual:
+            raise ValueError(f"`{name}` in {directory!r} is not a plain HDF5 dataset.")
+        value = item[()]
+        if item.attrs.get("dtype") == "bfloat16":
+            value = np.asarray(value).view(ml_dtypes.bfloat16)
+        variables.setdefault(name, np.asarray(value))
 
-    for path in _weight_files(directory):
+    for path in files:
         with h5py.File(path, "r") as file:
             file.visititems(visit)
+    return variables, [os.path.basename(path) for path in files]
+
+
+def _read_layer_arrays(directory):
+    """`{our layer path: [arrays in variable order]}` from keras-hub's HDF5 file(s)."""
+    by_group = {}
+    for name, value in read_hdf5_variables(directory)[0].items():
+        group, _, index = name.rpartition("/vars/")
+        by_group.setdefault(group, {})[int(index)] = value
+    arrays = {}
+    for group, values in sorted(by_group.items()):
+        layer = _our_layer_path(group)
+        if layer is not None:
+            arrays.setdefault(layer, [values[index] for index in sorted(values)])
     return arrays
 
 
@@ -263,6 +292,11 @@ def read_weights(directory, config):
     preset and the weight.
     """
     directory = os.fspath(directory)
+    if _stored_config(directory)[0] == keras_hub_gemma4.REGISTERED_NAME:
+        variables, files = read_hdf5_variables(directory, keras_hub_gemma4.MEDIA_GROUPS)
+        names = f"`{files[0]}`" if len(files) == 1 else f"`{SHARDED_WEIGHTS_CONFIG}`'s shards"
+        source = f"{names} in {directory!r}"
+        return keras_hub_gemma4.tensors_from_keras_hub(variables, config, source)
     arrays = _read_layer_arrays(directory)
     source = repr(directory)
     gating = arrays.get("decoder_block_0/feed_forward/ffw_gating")
