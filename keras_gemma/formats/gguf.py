@@ -15,6 +15,8 @@ undone here:
 - Tokens that the HF tokenizer config marks "special" are stored as CONTROL and
   user-defined pieces have their "▁" written as plain spaces; both are mapped
   back to SentencePiece's own conventions (see `gguf_tokenizer`).
+
+Gemma 4 (`gemma4`) has its own names, keys and vocabulary: see `gguf_gemma4`.
 """
 
 import collections.abc
@@ -23,15 +25,27 @@ import os
 
 import numpy as np
 
+from keras_gemma.formats import gguf_gemma4
+from keras_gemma.formats.gguf_header import Metadata
 from keras_gemma.formats.gguf_header import parse_gguf
 from keras_gemma.formats.gguf_tokenizer import build_tokenizer_proto
 
 # GGUF `general.architecture` -> HF `model_type` and architecture class.
-_MODEL_TYPES = {"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+_MODEL_TYPES = {
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3_text",
+    gguf_gemma4.ARCHITECTURE: gguf_gemma4.MODEL_TYPE,
+}
 _HF_ARCHITECTURES = {
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3": "Gemma3ForCausalLM",
+}
+# Architectures of GGUF files that go with a Gemma model but hold no text model.
+_NOT_TEXT_MODELS = {
+    "clip": "a multimodal projector (`mmproj`: the vision / audio encoder) for llama.cpp",
+    "gemma4-assistant": "a Gemma 4 assistant (multi-token-prediction drafter)",
 }
 
 # llama.cpp marks a model "27B" from its layer count (`llama-model.cpp`) and
@@ -74,7 +88,7 @@ class GGUFCheckpoint:
     Attributes:
         path: the file read.
         config: dict in transformers `config.json` form (`model_type` "gemma",
-            "gemma2" or "gemma3_text").
+            "gemma2", "gemma3_text" or "gemma4_text").
         tensors: read-only mapping HF tensor name -> float32 numpy array in HF
             layout. Lazy: each access dequantizes that tensor from the
             memory-mapped file, so iterating holds one tensor at a time.
@@ -98,15 +112,15 @@ class GGUFTensors(collections.abc.Mapping):
 
     def __init__(self, path, entries):
         self._path = path
-        self._entries = entries  # {hf_name: (TensorInfo, subtract_one)}
+        # {hf_name: (TensorInfo, subtract_one)}; a tuple of TensorInfos is one HF tensor stored
+        # in parts, concatenated along axis 1 (Gemma 4's expert gate and up halves).
+        self._entries = entries
 
     def __getitem__(self, name):
-        from gguf import quants
-
         tensor, is_norm = self._entries[name]
-        # (out_features, in_features) for projections, as in PyTorch.
-        weights = quants.dequantize(tensor.data, tensor.quant_type)
-        weights = np.asarray(weights, dtype=np.float32).reshape(tensor.shape)
+        if isinstance(tensor, tuple):
+            return np.concatenate([_dequantize(part) for part in tensor], axis=1)
+        weights = _dequantize(tensor)
         if is_norm:
             weights = weights - np.float32(1.0)  # Stored as 1 + w.
         elif isinstance(weights, np.memmap) or not weights.flags.owndata:
@@ -122,14 +136,29 @@ class GGUFTensors(collections.abc.Mapping):
     @property
     def shapes(self):
         """Dict HF name -> shape tuple, read from the header only."""
-        return {name: info.shape for name, (info, _) in self._entries.items()}
+        return {name: _shape(info) for name, (info, _) in self._entries.items()}
 
     def __repr__(self):
         return f"GGUFTensors({self._path!r}, {len(self)} tensors)"
 
 
+def _dequantize(tensor):
+    """A float32 array of `tensor` in HF layout ((out_features, in_features) for projections)."""
+    from gguf import quants
+
+    weights = quants.dequantize(tensor.data, tensor.quant_type)
+    return np.asarray(weights, dtype=np.float32).reshape(tensor.shape)
+
+
+def _shape(tensor):
+    if isinstance(tensor, tuple):
+        first = tensor[0].shape
+        return (first[0], sum(part.shape[1] for part in tensor)) + first[2:]
+    return tensor.shape
+
+
 def read_gguf(path):
-    """Reads a Gemma 1, 2 or 3 GGUF file.
+    """Reads a Gemma 1, 2, 3 or 4 GGUF file (the text model).
 
     The header is parsed here (the `gguf` package's reader takes seconds on a
     262k-token vocabulary); tensor data stays memory-mapped and is
@@ -145,8 +174,9 @@ def read_gguf(path):
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: the file is not GGUF, is truncated or corrupt, or holds an
-            architecture other than gemma / gemma2 / gemma3.
+        ValueError: the file is not GGUF, is truncated or corrupt, holds an
+            architecture other than gemma / gemma2 / gemma3 / gemma4, or its
+            metadata and tensors disagree.
 
     Example:
 
@@ -159,14 +189,31 @@ def read_gguf(path):
     path = os.fspath(path)
     fields, tensor_infos = parse_gguf(path)
     architecture = fields.get("general.architecture")
+    if architecture in _NOT_TEXT_MODELS:
+        raise ValueError(
+            f"GGUF file {path!r} holds architecture {architecture!r}: "
+            f"{_NOT_TEXT_MODELS[architecture]}, not a text model. Pass the GGUF file of the "
+            "model itself (its `general.architecture` is gemma, gemma2, gemma3 or gemma4)."
+        )
     if architecture not in _MODEL_TYPES:
         raise ValueError(
             f"GGUF file {path!r} holds architecture {architecture!r}; only "
-            f"{sorted(_MODEL_TYPES)} (Gemma 1, 2 and 3 text models) are "
+            f"{sorted(_MODEL_TYPES)} (Gemma 1, 2, 3 and 4 text models) are "
             "supported."
         )
-    tensors = _map_tensors(path, architecture, tensor_infos)
-    config = _build_config(path, architecture, fields, tensors)
+    metadata = Metadata(path, fields, architecture)
+    is_gemma4 = architecture == gguf_gemma4.ARCHITECTURE
+    if is_gemma4:
+        entries, rope_factors = gguf_gemma4.tensor_entries(metadata, tensor_infos)
+        tensors = GGUFTensors(path, entries)
+    else:
+        tensors = _map_tensors(path, architecture, tensor_infos)
+    vocabulary = _vocabulary_fields(path, fields, tensors.shapes)  # Checks the embedding first.
+    if is_gemma4:
+        config = gguf_gemma4.transformers_config(metadata, tensors.shapes, rope_factors)
+    else:
+        config = _build_config(metadata, tensors)
+    config.update(vocabulary)
     tokenizer_proto = build_tokenizer_proto(path, fields)
     return GGUFCheckpoint(
         path=path,
@@ -197,21 +244,9 @@ def _map_tensors(path, architecture, tensor_infos):
     return GGUFTensors(path, entries)
 
 
-def _build_config(path, architecture, fields, tensors):
-    def arch_value(key, default=None):
-        return fields.get(f"{architecture}.{key}", default)
-
-    def required(key, default=None):
-        value = arch_value(key, default)
-        if value is None:
-            raise ValueError(f"GGUF file {path!r} lacks the metadata key '{architecture}.{key}'.")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(
-                f"GGUF file {path!r} has '{architecture}.{key}' = {value!r}; it must be a "
-                "positive integer. The file is damaged or was written wrongly."
-            )
-        return int(value)
-
+def _build_config(metadata, tensors):
+    path, architecture = metadata.path, metadata.architecture
+    arch_value, required = metadata.get, metadata.positive_int
     hidden_size = required("embedding_length")
     num_layers = required("block_count")
     num_heads = required("attention.head_count")
@@ -222,15 +257,6 @@ def _build_config(path, architecture, fields, tensors):
             f"GGUF file {path!r} has '{architecture}.attention.head_count' = {num_heads}, not a "
             f"multiple of '{architecture}.attention.head_count_kv' = {num_kv_heads}."
         )
-    embedding_shape = tensors.shapes["model.embed_tokens.weight"]
-    num_tokens = len(fields.get("tokenizer.ggml.tokens", ()))
-    if num_tokens > embedding_shape[0]:
-        raise ValueError(
-            f"GGUF file {path!r} has {num_tokens} vocabulary tokens but its "
-            f"token embedding has only {embedding_shape[0]} rows: the tensor "
-            "does not match the vocabulary."
-        )
-
     attention_scale = arch_value("attention.scale")
     if attention_scale:
         query_pre_attn_scalar = float(attention_scale) ** -2
@@ -275,7 +301,6 @@ def _build_config(path, architecture, fields, tensors):
     config = {
         "architectures": [_HF_ARCHITECTURES[architecture]],
         "model_type": _MODEL_TYPES[architecture],
-        "vocab_size": int(embedding_shape[0]),
         "hidden_size": hidden_size,
         "intermediate_size": required("feed_forward_length"),
         "num_hidden_layers": num_layers,
@@ -283,7 +308,7 @@ def _build_config(path, architecture, fields, tensors):
         "num_key_value_heads": num_kv_heads,
         "head_dim": head_dim,
         "hidden_activation": "gelu_pytorch_tanh",
-        "rms_norm_eps": float(np.float32(arch_value("attention.layer_norm_rms_epsilon", 1e-6))),
+        "rms_norm_eps": metadata.float32("attention.layer_norm_rms_epsilon", 1e-6),
         "max_position_embeddings": required("context_length", 8192),
         "rope_parameters": rope_parameters,
         "query_pre_attn_scalar": query_pre_attn_scalar,
@@ -294,8 +319,22 @@ def _build_config(path, architecture, fields, tensors):
         "tie_word_embeddings": "lm_head.weight" not in tensors,
         "attention_bias": False,
     }
-    # Round 9.999999974752427e-07 (1e-6 stored as float32) back to 1e-6.
-    config["rms_norm_eps"] = float(f"{config['rms_norm_eps']:.7g}")
+    return config
+
+
+def _vocabulary_fields(path, fields, shapes):
+    """`vocab_size` (the embedding's rows) and the special token ids, checked against the tokens."""
+    embedding_shape = shapes.get("model.embed_tokens.weight")
+    if embedding_shape is None:
+        raise ValueError(f"GGUF file {path!r} has no token embedding (`token_embd.weight`).")
+    num_tokens = len(fields.get("tokenizer.ggml.tokens", ()))
+    if num_tokens > embedding_shape[0]:
+        raise ValueError(
+            f"GGUF file {path!r} has {num_tokens} vocabulary tokens but its "
+            f"token embedding has only {embedding_shape[0]} rows: the tensor "
+            "does not match the vocabulary."
+        )
+    config = {"vocab_size": int(embedding_shape[0])}
     for key, gguf_key in (
         ("bos_token_id", "bos_token_id"),
         ("eos_token_id", "eos_token_id"),

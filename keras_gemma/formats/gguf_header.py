@@ -137,6 +137,70 @@ def parse_gguf(path):
     return fields, tensor_infos
 
 
+class Metadata:
+    """One architecture's metadata keys of a GGUF file, read with checks that name the file.
+
+    Args:
+        path: the file (for error messages).
+        fields: its `{key: value}` metadata, as `parse_gguf` returns it.
+        architecture: the key prefix (`general.architecture`, e.g. "gemma3").
+    """
+
+    def __init__(self, path, fields, architecture):
+        self.path = path
+        self.fields = fields
+        self.architecture = architecture
+
+    def get(self, key, default=None):
+        """The value of `{architecture}.{key}`, or `default`."""
+        return self.fields.get(f"{self.architecture}.{key}", default)
+
+    def positive_int(self, key, default=None):
+        """`get(key, default)` as an int; `ValueError` when absent or not a positive int."""
+        value = self.get(key, default)
+        if value is None:
+            raise ValueError(
+                f"GGUF file {self.path!r} lacks the metadata key '{self.architecture}.{key}'."
+            )
+        if not _is_positive_int(value):
+            raise ValueError(
+                f"GGUF file {self.path!r} has '{self.architecture}.{key}' = {value!r}; it must be "
+                "a positive integer. The file is damaged or was written wrongly."
+            )
+        return int(value)
+
+    def float32(self, key, default):
+        """`get(key, default)` as a float with float32's 7 digits: 1e-6 stored as float32 reads
+        9.999999974752427e-07 and is returned as 1e-6."""
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise ValueError(
+                f"GGUF file {self.path!r} has '{self.architecture}.{key}' = {value!r}; it must "
+                "be a number. The file is damaged or was written wrongly."
+            )
+        return float(f"{float(np.float32(value)):.7g}")
+
+    def per_layer(self, key, num_layers, default=None):
+        """`get(key, default)` as one positive int per layer: llama.cpp writes either one
+        value for every layer or an array (`llama_model_loader::get_key_or_arr`)."""
+        value = self.get(key, default)
+        if value is None or np.ndim(value) == 0:
+            return [self.positive_int(key, default)] * num_layers
+        values = list(np.asarray(value).tolist())
+        if len(values) != num_layers or not all(_is_positive_int(v) for v in values):
+            raise ValueError(
+                f"GGUF file {self.path!r} has '{self.architecture}.{key}' = {values!r}; it must "
+                f"be a positive integer or {num_layers} of them, one per layer of "
+                f"'{self.architecture}.block_count' = {num_layers}. The file's metadata "
+                "disagrees with itself: it is damaged or was written wrongly."
+            )
+        return [int(v) for v in values]
+
+
+def _is_positive_int(value):
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
     name: str

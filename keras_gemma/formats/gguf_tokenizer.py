@@ -3,6 +3,15 @@
 Tokens that the HF tokenizer config marks "special" are stored as CONTROL by
 llama.cpp's converter, and user-defined pieces have their "▁" written as
 plain spaces; both are mapped back to SentencePiece's own conventions.
+
+Gemma 1-3 files (`tokenizer.ggml.model` "llama") keep SentencePiece's piece
+scores. Gemma 4 files ("gemma4") are written from HF's `tokenizer.json` by
+`LlamaHfVocab` (`gguf-py/gguf/vocab.py`): every score is -1000 and the BPE
+merges are stored instead (`tokenizer.ggml.merges`, "left right" by rank).
+The same BPE runs in SentencePiece with each piece scored minus the rank of
+the first merge that makes it: SentencePiece merges the adjacent pair whose
+union scores highest, HF the pair of lowest rank, and HF's Gemma merges hold
+every split of a piece into two pieces (`SentencePieceExtractor`).
 """
 
 import numpy as np
@@ -34,19 +43,25 @@ def _sentencepiece_type(gguf_type, token_id, special_ids, unknown_id):
 
 
 def build_tokenizer_proto(path, fields):
+    """Serialized SentencePiece `ModelProto` of a Gemma GGUF file's vocabulary."""
     from sentencepiece import sentencepiece_model_pb2
 
     model = fields.get("tokenizer.ggml.model")
-    if model != "llama":
+    if model not in ("llama", "gemma4"):
         raise ValueError(
             f"GGUF file {path!r} has tokenizer model {model!r}; Gemma files "
-            "use 'llama' (SentencePiece)."
+            "use 'llama' (SentencePiece, Gemma 1-3) or 'gemma4' (BPE merges, Gemma 4)."
         )
     tokens = fields.get("tokenizer.ggml.tokens")
     if not tokens:
         raise ValueError(f"GGUF file {path!r} has no tokenizer.ggml.tokens.")
     scores = _token_array(path, fields, "tokenizer.ggml.scores", len(tokens), 0.0)
     types = _token_array(path, fields, "tokenizer.ggml.token_type", len(tokens), 1)
+    merged = None
+    if model == "gemma4":
+        merged = _merge_ranks(path, fields)
+        # Pieces no merge makes score below every merge (they only ever start as characters).
+        scores = [-float(merged.get(token, len(merged))) for token in tokens]
 
     def special_id(key, default):
         value = fields.get(f"tokenizer.ggml.{key}", default)
@@ -62,6 +77,11 @@ def build_tokenizer_proto(path, fields):
     piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
     for token_id, (token, score, gguf_type) in enumerate(zip(tokens, scores, types)):
         kind = _sentencepiece_type(int(gguf_type), token_id, special_ids, unknown_id)
+        if merged is not None and kind == _NORMAL and len(token) > 1 and token not in merged:
+            # A piece of several characters that no merge makes: `LlamaHfVocab` writes HF's
+            # added tokens inside the base vocabulary as NORMAL ("<table>", "<unused0>", ...,
+            # user-defined or control in Gemma 3's SentencePiece model); HF matches them whole.
+            kind = _USER_DEFINED
         # SentencePiece pieces never hold a raw space: llama.cpp wrote the
         # user-defined whitespace pieces ("▁▁", ...) with plain spaces.
         piece = proto.pieces.add()
@@ -89,6 +109,28 @@ def build_tokenizer_proto(path, fields):
     normalizer.remove_extra_whitespaces = False
     normalizer.escape_whitespaces = True
     return proto.SerializeToString()
+
+
+def _merge_ranks(path, fields):
+    """`{merged piece: rank of the first merge that makes it}` from `tokenizer.ggml.merges`."""
+    merges = fields.get("tokenizer.ggml.merges")
+    if not merges:
+        raise ValueError(
+            f"GGUF file {path!r} has tokenizer model 'gemma4' but no 'tokenizer.ggml.merges': "
+            "the BPE vocabulary is incomplete. Convert the checkpoint again with llama.cpp's "
+            "`convert_hf_to_gguf.py`."
+        )
+    ranks = {}
+    for rank, merge in enumerate(merges):
+        # llama.cpp splits at the first space after the first character (`llama-vocab.cpp`).
+        split = merge.find(" ", 1)
+        if split < 0:
+            raise ValueError(
+                f"GGUF file {path!r}: tokenizer merge {rank} ({merge!r}) is not two pieces "
+                "separated by a space."
+            )
+        ranks.setdefault(merge[:split] + merge[split + 1 :], rank)
+    return ranks
 
 
 def _token_array(path, fields, name, length, default):
