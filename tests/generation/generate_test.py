@@ -341,3 +341,30 @@ def test_generate_rejects_bad_input(gemma2_pair):
     with pytest.raises(ValueError, match="has token ids outside"):
         lm.generate(_ids([2, 99999]), max_new_tokens=2)
     assert _new_tokens(lm.generate(_ids(PROMPTS[0]), max_new_tokens=0)) == PROMPTS[0]
+
+
+@pytest.mark.skipif(
+    keras.config.backend() != "torch", reason="decode-step tracing is the PyTorch path"
+)
+def test_torch_trace_is_kept_when_only_cache_trash_entries_differ(gemma2_pair):
+    """Writes that must not land all go to a cache's trash entry, several at once, so its
+    value depends on write order (eager and traced PyTorch differ on the real 270M)."""
+    import torch
+
+    from keras_gemma.generation.kv_cache import KVCache
+
+    generator = CompiledGenerator(gemma2_pair[1])
+
+    def write(cache, noise, entry):
+        # `noise` stands for order-dependent values: a trace replays other ones than eager.
+        key = cache.key.clone()
+        key[:, entry] = torch.rand(key[:, entry].shape) + noise
+        return (KVCache(key, cache.value),)
+
+    cache = KVCache(torch.zeros(1, 5, 1, 2), torch.zeros(1, 5, 1, 2))
+    for name, entry in (("trash", 4), ("slot", 2)):
+        traced = generator._torch_traced(name, lambda c, n, e=entry: write(c, n, e))
+        for noise in (0.0, 1.0, 2.0):
+            traced(cache, torch.tensor(noise))
+    assert generator.compile_count == 2  # both traced,
+    assert generator.eager_fallbacks == 1  # the trash-only difference kept its trace.
