@@ -35,12 +35,13 @@ class TestGemma4Training(TestCase):
     @pytest.mark.parametrize("family", ["gemma4", "gemma4_moe"])
     def test_lora_fit_trains_only_adapters(self, family):
         lm = random_lm(family)
+        keras.utils.set_random_seed(0)  # The adapters' initial values (flaky on TF unseeded).
         lm.backbone.enable_lora(rank=2, target_names="all")
         config = lm.backbone.get_config()
         trainable = sum(int(np.prod(v.shape)) for v in lm.backbone.trainable_weights)
         assert trainable == lora_parameter_count(config, 2, "all")
         frozen = {v.path: keras.ops.convert_to_numpy(v) for v in lm.backbone.non_trainable_weights}
-        lm.compile(optimizer=keras.optimizers.SGD(0.5))
+        lm.compile(optimizer=keras.optimizers.SGD(0.1))
         history = lm.fit(
             INPUTS, INPUTS["token_ids"], sample_weight=INPUTS["padding_mask"], epochs=3, verbose=0
         )
