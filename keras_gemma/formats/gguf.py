@@ -26,6 +26,9 @@ import os
 import numpy as np
 
 from keras_gemma.formats import gguf_gemma4
+from keras_gemma.formats.gguf_header import BLOCK_TENSORS
+from keras_gemma.formats.gguf_header import GEMMA1_BLOCK_NORMS
+from keras_gemma.formats.gguf_header import GEMMA2_BLOCK_NORMS
 from keras_gemma.formats.gguf_header import Metadata
 from keras_gemma.formats.gguf_header import parse_gguf
 from keras_gemma.formats.gguf_tokenizer import build_tokenizer_proto
@@ -53,27 +56,6 @@ _NOT_TEXT_MODELS = {
 # head_dim ** -0.5. GGUF has no key for it, so the same rule is applied here.
 _LAYERS_OF_27B = {"gemma2": 46, "gemma3": 62}
 
-# GGUF tensor name (inside `blk.N.`) -> HF name (inside `model.layers.N.`).
-_BLOCK_TENSORS = {
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q_norm.weight": "self_attn.q_norm.weight",
-    "attn_k_norm.weight": "self_attn.k_norm.weight",
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-# Gemma 1 has one pre-FFN norm, which HF calls `post_attention_layernorm`.
-_GEMMA1_BLOCK_NORMS = {"ffn_norm.weight": "post_attention_layernorm.weight"}
-# Gemma 2 and 3 have four norms per block.
-_GEMMA2_BLOCK_NORMS = {
-    "post_attention_norm.weight": "post_attention_layernorm.weight",
-    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
-    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
-}
 _GLOBAL_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -224,8 +206,8 @@ def read_gguf(path):
 
 
 def _map_tensors(path, architecture, tensor_infos):
-    block_tensors = dict(_BLOCK_TENSORS)
-    block_tensors.update(_GEMMA1_BLOCK_NORMS if architecture == "gemma" else _GEMMA2_BLOCK_NORMS)
+    block_tensors = dict(BLOCK_TENSORS)
+    block_tensors.update(GEMMA1_BLOCK_NORMS if architecture == "gemma" else GEMMA2_BLOCK_NORMS)
     entries = {}
     for tensor in tensor_infos:
         name = tensor.name

@@ -26,25 +26,18 @@ its reader (`src/models/gemma4.cpp`), checked on files that converter wrote from
 
 import numpy as np
 
+from keras_gemma.formats.gguf_header import BLOCK_TENSORS
+from keras_gemma.formats.gguf_header import GEMMA2_BLOCK_NORMS
+
 ARCHITECTURE = "gemma4"
 MODEL_TYPE = "gemma4_text"
 SLIDING, FULL = "sliding_attention", "full_attention"
 
-# GGUF tensor name (inside `blk.N.`) -> HF name (inside `model.layers.N.`).
+# GGUF tensor name (inside `blk.N.`) -> HF name (inside `model.layers.N.`): Gemma 2/3's
+# attention, MLP and four norms, and Gemma 4's own.
 _BLOCK_TENSORS = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q_norm.weight": "self_attn.q_norm.weight",
-    "attn_k_norm.weight": "self_attn.k_norm.weight",
-    "post_attention_norm.weight": "post_attention_layernorm.weight",
-    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    **BLOCK_TENSORS,
+    **GEMMA2_BLOCK_NORMS,
     "layer_output_scale.weight": "layer_scalar",
     "inp_gate.weight": "per_layer_input_gate.weight",
     "proj.weight": "per_layer_projection.weight",
@@ -167,12 +160,9 @@ def transformers_config(metadata, shapes, rope_factors):
             f"layers {first_shared - 2} and {first_shared - 1} are not sliding then full: "
             "llama.cpp and transformers would attend different layers."
         )
-    num_heads = set(metadata.per_layer("attention.head_count", num_layers))
-    if len(num_heads) != 1:
-        raise ValueError(
-            f"GGUF file {path!r} has query head counts {sorted(num_heads)} across layers; "
-            "Gemma 4 has one count for every layer."
-        )
+    num_heads = _same_on_every_layer(
+        metadata, "attention.head_count", num_layers, "query head counts"
+    )
     hidden_size = metadata.positive_int("embedding_length")
     global_head_dim = metadata.positive_int("attention.key_length")
     head_dim = metadata.positive_int("attention.key_length_swa", global_head_dim)
@@ -189,7 +179,7 @@ def transformers_config(metadata, shapes, rope_factors):
                 f"{expected} (the head dim): other value sizes or partial RoPE written this way "
                 "are not supported."
             )
-    kv_heads = metadata.per_layer("attention.head_count_kv", num_layers, max(num_heads))
+    kv_heads = metadata.per_layer("attention.head_count_kv", num_layers, num_heads)
     sliding_kv = {kv_heads[i] for i, kind in enumerate(layer_types) if kind == SLIDING}
     full_kv = {kv_heads[i] for i, kind in enumerate(layer_types) if kind == FULL}
     if len(sliding_kv) > 1 or len(full_kv) > 1:
@@ -215,7 +205,7 @@ def transformers_config(metadata, shapes, rope_factors):
         "hidden_size": hidden_size,
         "intermediate_size": intermediate_size,
         "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads.pop(),
+        "num_attention_heads": num_heads,
         "num_key_value_heads": num_kv_heads,
         "num_global_key_value_heads": num_global_kv_heads,
         "head_dim": head_dim,
@@ -301,17 +291,26 @@ def _experts(metadata, shapes, num_layers):
             f"{[i for i, has in enumerate(routers) if has]} only; Gemma 4 has it on every "
             "layer or none. A tensor is missing from the file."
         )
-    widths = set(metadata.per_layer("expert_feed_forward_length", num_layers))
-    if len(widths) != 1:
-        raise ValueError(
-            f"GGUF file {metadata.path!r} has expert widths {sorted(widths)}; Gemma 4 has one."
-        )
+    width = _same_on_every_layer(
+        metadata, "expert_feed_forward_length", num_layers, "expert widths"
+    )
     return {
         "enable_moe_block": True,
         "num_experts": metadata.positive_int("expert_count"),
         "top_k_experts": metadata.positive_int("expert_used_count"),
-        "moe_intermediate_size": widths.pop(),
+        "moe_intermediate_size": width,
     }
+
+
+def _same_on_every_layer(metadata, key, num_layers, what):
+    """The value of the per-layer `key`, which Gemma 4 keeps the same on every layer."""
+    values = set(metadata.per_layer(key, num_layers))
+    if len(values) != 1:
+        raise ValueError(
+            f"GGUF file {metadata.path!r} has {what} {sorted(values)} across layers; "
+            "Gemma 4 has one for every layer."
+        )
+    return values.pop()
 
 
 def _rope_parameters(metadata, global_head_dim, rope_factors):

@@ -13,6 +13,29 @@ import numpy as np
 
 GGUF_MAGIC = b"GGUF"
 
+# GGUF tensor name (inside `blk.N.`) -> HF name (inside `model.layers.N.`), shared by the
+# Gemma 1-3 reader (gguf.py) and Gemma 4's (gguf_gemma4.py).
+BLOCK_TENSORS = {
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+# Gemma 1 has one pre-FFN norm, which HF calls `post_attention_layernorm`.
+GEMMA1_BLOCK_NORMS = {"ffn_norm.weight": "post_attention_layernorm.weight"}
+# Gemma 2 and 3 have four norms per block.
+GEMMA2_BLOCK_NORMS = {
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
+
 # GGUF metadata value types: struct format of each scalar type.
 _SCALAR_FORMATS = {
     0: "<B",

@@ -62,6 +62,7 @@ does (a tanh cap on the scale-1.0 logits).
 """
 
 from keras_gemma.formats.variables import variable_shapes
+from keras_gemma.layers.architecture import SHAPE_FIELDS
 from keras_gemma.layers.architecture import kv_source_layers
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
 from keras_gemma.layers.decoder_block import SLIDING_ATTENTION
@@ -95,15 +96,8 @@ _DEFAULTS = {
     "expert_intermediate_dim": None,
     "num_experts_per_token": 8,
 }
-_REQUIRED = (
-    "vocabulary_size",
-    "num_layers",
-    "num_query_heads",
-    "num_key_value_heads",
-    "hidden_dim",
-    "intermediate_dim",
-    "head_dim",
-)
+# keras-hub's required fields have our names.
+_REQUIRED = SHAPE_FIELDS
 # Fields that do not change the text model's outputs, with the reason.
 _IGNORED = {
     "name": "the layer's name",

@@ -27,6 +27,16 @@ Attention scale 1.0 (Gemma 4) is `query_pre_attn_scalar=1.0`.
 
 from keras_gemma.layers.decoder_block import FULL_ATTENTION
 
+# `GemmaBackbone`'s shape fields: required, each a positive int (every Gemma).
+SHAPE_FIELDS = (
+    "vocabulary_size",
+    "num_layers",
+    "num_query_heads",
+    "num_key_value_heads",
+    "hidden_dim",
+    "intermediate_dim",
+    "head_dim",
+)
 NORMALIZATION_SCALES = ("one_plus_scale", "scale")
 GEMMA4_DEFAULTS = {
     "global_head_dim": None,

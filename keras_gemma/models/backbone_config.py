@@ -30,15 +30,7 @@ def _check_optional_positive_number(name, value):
 
 def validate_config(config):
     """Raises `ValueError` naming the field, the value and what is allowed."""
-    for name in (
-        "vocabulary_size",
-        "num_layers",
-        "num_query_heads",
-        "num_key_value_heads",
-        "hidden_dim",
-        "intermediate_dim",
-        "head_dim",
-    ):
+    for name in architecture.SHAPE_FIELDS:
         _check_positive_int(name, config[name])
     if config["num_query_heads"] % config["num_key_value_heads"]:
         raise ValueError(
