@@ -19,6 +19,7 @@ from keras_gemma.generation.decode_loop import Rows
 from keras_gemma.generation.engine import DECODE_STEPS
 from keras_gemma.generation.engine import PREFILL_CHUNKS
 from keras_gemma.generation.engine import chunk_plan
+from keras_gemma.generation.engine import rows_for
 from keras_gemma.generation.kv_cache import empty_caches
 from keras_gemma.generation.kv_cache import grow
 from keras_gemma.samplers.sampling import SamplingTensors
@@ -96,10 +97,18 @@ class DecodeBatch:
         """Each row's next slot (NumPy copy)."""
         return self.rows.position.copy()
 
-    def feed_chunk(self, token_ids, counts, starts=None, reset=None):
-        """One prefill program call: row `r`'s `counts[r]` tokens at `starts[r]`."""
-        starts = self.rows.position if starts is None else starts
-        reset = np.zeros((self.size,), bool) if reset is None else reset
+    def feed_chunk(self, token_ids, counts, starts=None, reset=None, row_ids=None):
+        """One prefill program call: row `r`'s `counts[r]` tokens at `starts[r]`.
+
+        `token_ids` `[k, C]` covers every row (`k` = `size`), or the distinct
+        rows `row_ids` `[k]`; the other rows keep their state.
+        """
+        width = len(token_ids)
+        if row_ids is None and width != self.size:
+            raise ValueError(f"A chunk of {width} rows for a batch of {self.size} needs `row_ids`.")
+        if starts is None:
+            starts = self.rows.position if row_ids is None else self.rows.position[row_ids]
+        reset = np.zeros((width,), bool) if reset is None else reset
         self.caches, self.seen = self.generator.prefill(
             self.caches,
             self.seen,
@@ -107,6 +116,7 @@ class DecodeBatch:
             np.asarray(starts, "int32"),
             np.asarray(counts, "int32"),
             np.asarray(reset, bool),
+            None if row_ids is None else np.asarray(row_ids, "int32"),
         )
 
     def admit(self, requests):
@@ -135,20 +145,36 @@ class DecodeBatch:
         offset = 0
         reset &= self._used  # A row never used has no seen tokens to clear.
         plan = chunk_plan(longest) or ([PREFILL_CHUNKS[0]] if reset.any() else [])
+        row_ids = self._chunk_rows(list(pending))
+        fed = np.arange(self.size) if row_ids is None else row_ids
+        reset = reset[fed]
         for chunk in plan:
-            token_ids = np.full((self.size, chunk), self.pad_token_id, "int32")
-            counts = np.zeros((self.size,), "int32")
-            for row, tokens in pending.items():
-                part = tokens[offset : offset + chunk]
-                token_ids[row, : len(part)] = part
-                counts[row] = len(part)
-            self.feed_chunk(token_ids, counts, starts + offset, reset)
+            token_ids = np.full((len(fed), chunk), self.pad_token_id, "int32")
+            counts = np.zeros((len(fed),), "int32")
+            for index, row in enumerate(fed):
+                part = pending.get(int(row), [])[offset : offset + chunk]
+                token_ids[index, : len(part)] = part
+                counts[index] = len(part)
+            self.feed_chunk(token_ids, counts, starts[fed] + offset, reset, row_ids)
             reset[:] = False  # Cleared once, on the first chunk.
             offset += chunk
         for request in requests:
             row = request.row
             self._used[row] = True
             self._set_row(row, request, int(starts[row]) + len(request.tokens) - 1)
+
+    def _chunk_rows(self, rows):
+        """The rows a prefill chunk covers when `rows` join: None for all of them.
+
+        Fewer requests than half the batch are fed in a chunk of the next
+        power of two of rows (their rows, then free ones), so their prefill
+        costs what their own count of rows costs, not the whole batch's.
+        """
+        width = rows_for(max(len(rows), 1))
+        if width >= self.size:
+            return None
+        others = [row for row in range(self.size) if row not in set(rows)]
+        return np.asarray(sorted(rows) + others[: width - len(rows)], "int32")
 
     def _set_row(self, row, request, position):
         rows = self.rows

@@ -37,10 +37,15 @@ class Rows(NamedTuple):
     stop_ids: Any
 
 
-def mark_seen(seen, tokens, valid):
-    """`seen` `[R, V]` with `tokens` `[R, n]` marked where `valid` `[R, n]`."""
+def mark_seen(seen, tokens, valid, row_ids=None):
+    """`seen` `[R, V]` with `tokens` `[k, n]` marked where `valid` `[k, n]`, in rows `row_ids`.
+
+    `row_ids` `[k]` defaults to rows `0..k-1`.
+    """
     rows, count = tokens.shape
-    row_index = ops.broadcast_to(ops.arange(rows, dtype="int32")[:, None], (rows, count))
+    if row_ids is None:
+        row_ids = ops.arange(rows, dtype="int32")
+    row_index = ops.broadcast_to(ops.cast(row_ids, "int32")[:, None], (rows, count))
     indices = ops.stack(
         [ops.reshape(row_index, (-1,)), ops.reshape(ops.cast(tokens, "int32"), (-1,))], axis=1
     )
@@ -48,17 +53,24 @@ def mark_seen(seen, tokens, valid):
     return ops.logical_or(seen, hits > 0)
 
 
-def prefill(feed, caches, seen, token_ids, starts, counts, reset):
-    """Feeds one chunk `[R, C]` at per-row `starts`; returns `(caches, seen)`.
+def prefill(feed, caches, seen, token_ids, starts, counts, reset, *row_ids):
+    """Feeds one chunk `[k, C]` at per-row `starts`; returns `(caches, seen)`.
 
-    `feed(caches, token_ids, starts, counts) -> caches` is the model's part
-    (`decoding.feed`, traced on PyTorch). `reset` `[R]` clears a row's seen
-    tokens first (a new sequence in the row).
+    `feed(caches, token_ids, starts, counts, *row_ids) -> caches` is the
+    model's part (`decoding.feed`, traced on PyTorch). `reset` `[k]` clears a
+    row's seen tokens first (a new sequence in the row). Without `row_ids`
+    the chunk covers every row (`k = R`); with `row_ids` `[k]` (distinct) its
+    row `r` is the batch's row `row_ids[r]`, and the other rows are left as
+    they are.
     """
-    seen = ops.where(reset[:, None], False, seen)
+    if row_ids:
+        cleared = ops.scatter(row_ids[0][:, None], ops.cast(reset, "int32"), (seen.shape[0],))
+        seen = ops.where(cleared[:, None] > 0, False, seen)
+    else:
+        seen = ops.where(reset[:, None], False, seen)
     valid = ops.arange(token_ids.shape[1], dtype="int32")[None, :] < counts[:, None]
-    seen = mark_seen(seen, token_ids, valid)
-    return feed(caches, token_ids, starts, counts), seen
+    seen = mark_seen(seen, token_ids, valid, *row_ids)
+    return feed(caches, token_ids, starts, counts, *row_ids), seen
 
 
 def decode_step(step_logits, caches, seen, rows, pad_token_id, custom_filter=None):

@@ -23,13 +23,17 @@ from keras_gemma.layers.masks import attention_mask as build_attention_mask
 from keras_gemma.layers.tied_logits import logits_from_hidden_states
 
 
-def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_write):
+def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_write, row_ids=None):
     """Runs `token_ids` `[R, t]` on top of `caches`: row `r`'s token `i` at slot `starts[r] + i`.
 
     Only each row's first `counts[r]` tokens are real; the others (a prefill
     chunk's padding, rows with no request: count 0) go to the caches' trash
     entries and their outputs mean nothing. The new tokens attend to the
     cached slots below `starts[r]` and causally to each other.
+
+    With `row_ids` `[R]`, the caches may hold more rows: row `r` of the call
+    is cache row `row_ids[r]` (a few requests joining a larger batch: the
+    work is that of `R` rows, the other cache rows are left as they are).
 
     Args:
         backbone: a `GemmaBackbone`.
@@ -38,6 +42,7 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
         starts: int32 `[R]`.
         counts: int32 `[R]`, each in `0..t`.
         write_entries: see `kv_cache.py`.
+        row_ids: int32 `[R]` distinct cache rows, or None (row `r` is cache row `r`).
 
     Returns:
         `(hidden_states [R, t, d], caches)`.
@@ -55,13 +60,17 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
     sources = backbone.kv_source_layers
     caches = iter(caches)
     layer_caches = {}  # producer index -> its cache (before this call)
+    views = {}  # producer index -> the rows of its cache this call reads
     key_values = {}  # producer index -> this call's (key, value)
     masks = {}  # One per cache layout: built once, not once per layer.
     for index, layer in enumerate(backbone.transformer_layers):
         source = sources[index]
         if source == index:
             layer_caches[index] = next(caches)
-        cache = layer_caches[source]
+            views[index] = layer_caches[index]
+            if row_ids is not None:
+                views[index] = views[index].take_rows(row_ids)
+        cache = views[source]
         window = _window(backbone, layer)
         mask_key = (type(cache), window, cache.length)
         if mask_key not in masks:
@@ -90,7 +99,7 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
         if source == index:
             key_values[index] = (key, value)
     new_caches = tuple(
-        layer_caches[index].write(slots, valid, *key_values[index], write_entries)
+        layer_caches[index].write(slots, valid, *key_values[index], write_entries, row_ids)
         for index in sorted(layer_caches)
     )
     return call_layer(backbone.final_normalization, True, x), new_caches

@@ -199,27 +199,34 @@ class CompiledGenerator:
             return forward
         return self._torch_traced("decode_step", forward)
 
-    def _feed(self):
+    def _feed(self, name):
         backbone = self.causal_lm.backbone
 
-        def feed(caches, token_ids, starts, counts):
-            return decoding.feed(backbone, caches, token_ids, starts, counts, WRITE)[1]
+        def feed(caches, token_ids, starts, counts, *row_ids):
+            return decoding.feed(backbone, caches, token_ids, starts, counts, WRITE, *row_ids)[1]
 
         if BACKEND != "torch":
             return feed
-        return self._torch_traced("prefill", feed)
+        return self._torch_traced(name, feed)
 
     # === The two programs ===
 
-    def prefill(self, caches, seen, token_ids, starts, counts, reset):
-        """Feeds a chunk `[R, C]` (NumPy) at `starts` `[R]`; returns `(caches, seen)`."""
-        feed = self._feed()
+    def prefill(self, caches, seen, token_ids, starts, counts, reset, row_ids=None):
+        """Feeds a chunk `[k, C]` (NumPy) at `starts` `[k]`; returns `(caches, seen)`.
 
-        def run(caches, seen, token_ids, starts, counts, reset):
-            return decode_loop.prefill(feed, caches, seen, token_ids, starts, counts, reset)
+        `row_ids` `[k]` (distinct) names the batch rows the chunk's rows go to
+        when it covers fewer than all (`decode_loop.prefill`); its own program.
+        """
+        name = "prefill" if row_ids is None else "prefill_rows"
+        feed = self._feed(name)
 
-        function = self.compiled("prefill", (), run, donate=(0, 1))
-        arguments = (token_ids, starts, counts, reset)
+        def run(caches, seen, token_ids, starts, counts, reset, *row_ids):
+            return decode_loop.prefill(
+                feed, caches, seen, token_ids, starts, counts, reset, *row_ids
+            )
+
+        function = self.compiled(name, (), run, donate=(0, 1))
+        arguments = (token_ids, starts, counts, reset) + (() if row_ids is None else (row_ids,))
         return function(caches, seen, *(as_tensor(a) for a in arguments))
 
     def decode(self, caches, seen, rows, limit, pad_token_id=0, custom_filter=None):
@@ -273,20 +280,29 @@ class CompiledGenerator:
                 steps += 1
         return caches, seen, rows, tokens, np.int32(steps)
 
-    def warm(self, make_batch, rows, capacity):
+    def warm(self, make_batch, rows, capacity, joining=False):
         """Runs every program of the `(rows, capacity)` bucket once, so none compiles later.
 
         `make_batch(rows, capacity)` gives an empty `DecodeBatch`; its rows are
-        inactive, so nothing is written but the trash entries.
+        inactive, so nothing is written but the trash entries. `joining` also
+        warms the prefill of fewer rows (powers of two) into the batch, which
+        a server runs when requests join rows that are decoding.
         """
-        if (rows, capacity, len(self.causal_lm.variables)) in self._warm:
+        key = (rows, capacity, len(self.causal_lm.variables), joining)
+        if key in self._warm:
             return
         batch = make_batch(rows, capacity)
+        widths = [rows] + ([1 << i for i in range(rows.bit_length() - 1)] if joining else [])
         for _ in range(2 if BACKEND == "torch" else 1):  # PyTorch checks a trace on call 2.
-            for chunk in PREFILL_CHUNKS:
-                batch.feed_chunk(np.zeros((rows, chunk), "int32"), np.zeros((rows,), "int32"))
+            for width in widths:
+                row_ids = None if width == rows else np.arange(width, dtype="int32")
+                for chunk in PREFILL_CHUNKS:
+                    empty = np.zeros((width,), "int32")
+                    batch.feed_chunk(
+                        np.zeros((width, chunk), "int32"), empty, empty, row_ids=row_ids
+                    )
             batch.run(limit=1)
-        self._warm.add((rows, capacity, len(self.causal_lm.variables)))
+        self._warm.add(key)
 
     # === PyTorch traces ===
 

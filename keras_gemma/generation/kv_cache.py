@@ -77,13 +77,16 @@ class KVCache(NamedTuple):
     def entries_of(self, slots):
         return slots
 
-    def write(self, slots, valid, key, value, write_entries=functional_write):
+    def write(self, slots, valid, key, value, write_entries=functional_write, row_ids=None):
         """The cache with `key`, `value` `[R, n, k, h]` at `slots` `[R, n]` where `valid`.
 
-        Invalid tokens go to the trash entry.
+        Invalid tokens go to the trash entry. `row_ids` `[R]` names the cache
+        row each of the `R` rows of `slots` goes to (default: row `r` to row `r`).
         """
         entries = ops.where(valid, self.entries_of(slots), self.trash)
-        rows = ops.broadcast_to(ops.arange(slots.shape[0], dtype="int32")[:, None], slots.shape)
+        if row_ids is None:
+            row_ids = ops.arange(slots.shape[0], dtype="int32")
+        rows = ops.broadcast_to(ops.cast(row_ids, "int32")[:, None], slots.shape)
         return type(self)(
             write_entries(self.key, rows, entries, key),
             write_entries(self.value, rows, entries, value),
@@ -99,6 +102,10 @@ class KVCache(NamedTuple):
         """Bool `[R, t, entries]`: may each query (at `query_slots` `[R, t]`) see each entry."""
         cache_slots = self.slots(next_slots)  # (R, entries)
         return build_attention_mask(query_slots, cache_slots, cache_slots >= 0, window)
+
+    def take_rows(self, row_ids):
+        """The cache of rows `row_ids` `[k]` only (a copy, for reading)."""
+        return self.map(lambda buffer: ops.take(buffer, row_ids, axis=0))
 
     def map(self, function):
         """The cache with `function` applied to keys and values (e.g. reordering rows)."""
@@ -117,12 +124,12 @@ class RingKVCache(KVCache):
     def entries_of(self, slots):
         return slots % self.window
 
-    def write(self, slots, valid, key, value, write_entries=functional_write):
+    def write(self, slots, valid, key, value, write_entries=functional_write, row_ids=None):
         # Of a chunk longer than the ring only the last `window` tokens survive:
         # the others would share entries with them.
         last = ops.max(ops.where(valid, slots, -1), axis=1, keepdims=True)
         valid = ops.logical_and(valid, slots > last - self.window)
-        return super().write(slots, valid, key, value, write_entries)
+        return super().write(slots, valid, key, value, write_entries, row_ids)
 
     def slots(self, next_slots):
         last = next_slots[:, None] - 1  # (R, 1)

@@ -132,7 +132,7 @@ class Scheduler:
     def start(self):
         """Compiles the batches' programs (`warm`), then starts the thread; returns self."""
         for size in self.sizes:
-            self.causal_lm.generator.warm(self._make_batch, size, self.capacity)
+            self.causal_lm.generator.warm(self._make_batch, size, self.capacity, joining=True)
             self.batches[size] = self._make_batch(size, self.capacity)
         self._thread = threading.Thread(target=self._loop, name="keras-gemma-scheduler")
         self._thread.daemon = True

@@ -120,6 +120,54 @@ def test_rows_admitted_mid_decode_give_what_they_give_alone(tiny_lm):
     assert outputs[0] == alone[1]
 
 
+def test_requests_joining_a_larger_batch_are_prefilled_in_their_own_rows(tiny_lm):
+    """Prefill of fewer than half the rows runs on those rows only, and changes nothing else."""
+    penalty = dict(GREEDY, repetition_penalty=1.5)  # Reads the row's seen tokens.
+    prompts = [PROMPT, [2, 40, 41, 40, 41], [2] + list(range(50, 90)), [2, 7, 7, 7]]
+    alone = [_new(tiny_lm, prompt, count=10, repetition_penalty=1.5) for prompt in prompts]
+    batch = DecodeBatch(tiny_lm, 8, engine.CAPACITIES[0])
+    widths = []
+    prefill = tiny_lm.generator.prefill
+
+    def spy(caches, seen, token_ids, *args):
+        widths.append(len(token_ids))
+        return prefill(caches, seen, token_ids, *args)
+
+    outputs = {row: [] for row in range(8)}
+
+    def run(limit):
+        for row, tokens in batch.run(limit).items():
+            outputs[row].extend(tokens)
+
+    tiny_lm.generator.prefill = spy
+    try:
+        batch.admit([Request(row, prompts[row], 10, penalty, 0, ()) for row in (0, 1)])
+        run(3)
+        before = [np.array(ops.convert_to_numpy(c.key))[[0, 1, 3, 4]] for c in batch.caches]
+        batch.admit([Request(5, prompts[2], 10, penalty, 0, ())])  # 41 tokens: two chunks
+        after = [np.array(ops.convert_to_numpy(c.key))[[0, 1, 3, 4]] for c in batch.caches]
+        run(4)
+        # Row 0 finished with another sequence's seen tokens; its next request resets them.
+        batch.admit([Request(3, prompts[3], 10, penalty, 0, ())])
+        while batch.any_active:
+            run(engine.DECODE_STEPS)
+        batch.admit([Request(0, prompts[3], 10, penalty, 0, ())])
+        outputs[0] = []
+        while batch.any_active:
+            run(engine.DECODE_STEPS)
+    finally:
+        del tiny_lm.generator.prefill
+    assert widths == [2, 1, 1, 1, 1]  # 2 rows, 41 tokens in 2 chunks of one row, 1 row, 1 row
+    for old, new in zip(before, after):  # Rows 0, 1 (decoding), 3, 4 (free): untouched.
+        np.testing.assert_array_equal(old[:, :-1], new[:, :-1])  # (trash entries aside)
+    assert [outputs[1], outputs[5], outputs[3], outputs[0]] == [
+        alone[1],
+        alone[2],
+        alone[3],
+        alone[3],
+    ]
+
+
 def test_seeded_sampling_repeats_and_does_not_depend_on_the_batch(tiny_lm):
     first = _new(tiny_lm, PROMPT, count=10, temperature=1.5, seed=11)
     assert first == _new(tiny_lm, PROMPT, count=10, temperature=1.5, seed=11)
