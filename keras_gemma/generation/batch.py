@@ -20,6 +20,7 @@ from keras_gemma.generation.engine import DECODE_STEPS
 from keras_gemma.generation.engine import PREFILL_CHUNKS
 from keras_gemma.generation.engine import chunk_plan
 from keras_gemma.generation.engine import rows_for
+from keras_gemma.generation.engine import span_for
 from keras_gemma.generation.kv_cache import empty_caches
 from keras_gemma.generation.kv_cache import grow
 from keras_gemma.samplers.sampling import SamplingTensors
@@ -199,12 +200,20 @@ class DecodeBatch:
         self.rows.active[row] = False
         self.rows.remaining[row] = 0
 
-    def run(self, limit=DECODE_STEPS):
+    def run(self, limit=DECODE_STEPS, span="auto"):
         """One decode program call: up to `limit` tokens per active row.
+
+        `span` "auto" picks the smallest decode span (`engine.span_for`) that
+        holds every active row's slots in these steps; None reads the whole
+        caches.
 
         Returns:
             `{row: [tokens]}` for the rows that produced tokens.
         """
+        if span == "auto":
+            active = self.rows.position[self.rows.active]
+            last = int(active.max()) + min(limit, DECODE_STEPS) - 1 if active.size else 0
+            span = span_for(self.capacity, last)
         self.caches, self.seen, rows, tokens, count = self.generator.decode(
             self.caches,
             self.seen,
@@ -212,6 +221,7 @@ class DecodeBatch:
             limit,
             self.pad_token_id,
             self.custom_filter,
+            span,
         )
         self.rows = _writable(rows)
         produced = {}

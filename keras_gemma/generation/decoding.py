@@ -23,7 +23,16 @@ from keras_gemma.layers.masks import attention_mask as build_attention_mask
 from keras_gemma.layers.tied_logits import logits_from_hidden_states
 
 
-def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_write, row_ids=None):
+def feed(
+    backbone,
+    caches,
+    token_ids,
+    starts,
+    counts,
+    write_entries=functional_write,
+    row_ids=None,
+    span=None,
+):
     """Runs `token_ids` `[R, t]` on top of `caches`: row `r`'s token `i` at slot `starts[r] + i`.
 
     Only each row's first `counts[r]` tokens are real; the others (a prefill
@@ -43,6 +52,10 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
         counts: int32 `[R]`, each in `0..t`.
         write_entries: see `kv_cache.py`.
         row_ids: int32 `[R]` distinct cache rows, or None (row `r` is cache row `r`).
+        span: int or None. The new tokens read only the caches' first `span`
+            entries (`KVCache.within`): the caller promises every real token
+            sits at a slot `<= span`. Attention over a short sequence then
+            costs what its length costs, not the cache capacity's.
 
     Returns:
         `(hidden_states [R, t, d], caches)`.
@@ -70,6 +83,7 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
             views[index] = layer_caches[index]
             if row_ids is not None:
                 views[index] = views[index].take_rows(row_ids)
+            views[index] = views[index].within(span)
         cache = views[source]
         window = _window(backbone, layer)
         mask_key = (type(cache), window, cache.length)
@@ -107,14 +121,20 @@ def feed(backbone, caches, token_ids, starts, counts, write_entries=functional_w
     return call_layer(backbone.final_normalization, True, x), new_caches
 
 
-def next_logits(backbone, caches, tokens, positions, active, write_entries=functional_write):
+def next_logits(
+    backbone, caches, tokens, positions, active, write_entries=functional_write, span=None
+):
     """One decode step: `tokens` `[R]` fed at `positions` `[R]` (rows where `active`).
+
+    `span`: see `feed` (active rows' positions `<= span`).
 
     Returns:
         `(logits [R, vocabulary] float32, caches)`.
     """
     counts = ops.cast(active, "int32")
-    hidden, caches = feed(backbone, caches, tokens[:, None], positions, counts, write_entries)
+    hidden, caches = feed(
+        backbone, caches, tokens[:, None], positions, counts, write_entries, span=span
+    )
     logits = logits_from_hidden_states(backbone, hidden, decoding=True)[:, -1, :]
     return logits, caches
 

@@ -44,6 +44,11 @@ PREFILL_CHUNKS = (32, 256)
 DECODE_STEPS = 32
 # Cache capacities (slots per row); a longer conversation moves up once.
 CAPACITIES = (2048, 8192, 32768, 131072)
+# Decode programs whose attention reads only a cache's first `span` entries, used
+# while every active row sits below the span (`span_for`); each capacity also has
+# one that reads all of them. Short sequences then do not pay for the capacity:
+# 270M, 8 rows, 2,048 slots: 123 against 164 ms a step (JAX, 2-core CPU).
+DECODE_SPANS = (256, 2048)
 # Set to "0" to keep JAX's persistent compilation cache off.
 COMPILE_CACHE_VARIABLE = "KERAS_GEMMA_COMPILE_CACHE"
 
@@ -104,6 +109,16 @@ def capacity_for(length):
     raise ValueError(
         f"A sequence of {length} tokens is longer than the largest cache ({CAPACITIES[-1]})."
     )
+
+
+def spans_for(capacity):
+    """The decode spans of a capacity: `DECODE_SPANS` below it, then None (all entries)."""
+    return tuple(span for span in DECODE_SPANS if span < capacity) + (None,)
+
+
+def span_for(capacity, slot):
+    """The smallest decode span of `capacity` whose queries may sit at `slot`."""
+    return next((span for span in spans_for(capacity)[:-1] if slot <= span), None)
 
 
 def rows_for(count):
@@ -184,20 +199,23 @@ class CompiledGenerator:
         self._functions[cache_key] = compiled
         return compiled
 
-    def step_logits(self):
+    def step_logits(self, span=None):
         """`(caches, tokens [R], positions [R], active [R]) -> (logits, caches)`.
 
-        JAX and TensorFlow get the plain function (it is traced inside their
+        Reads the caches' first `span` entries only (`decoding.feed`). JAX
+        and TensorFlow get the plain function (it is traced inside their
         compiled loops); PyTorch gets it traced by `_torch_traced`.
         """
         backbone = self.causal_lm.backbone
 
         def forward(caches, tokens, positions, active):
-            return decoding.next_logits(backbone, caches, tokens, positions, active, WRITE)
+            return decoding.next_logits(
+                backbone, caches, tokens, positions, active, WRITE, span=span
+            )
 
         if BACKEND != "torch":
             return forward
-        return self._torch_traced("decode_step", forward)
+        return self._torch_traced(f"decode_step_{span}", forward)
 
     def _feed(self, name):
         backbone = self.causal_lm.backbone
@@ -229,14 +247,15 @@ class CompiledGenerator:
         arguments = (token_ids, starts, counts, reset) + (() if row_ids is None else (row_ids,))
         return function(caches, seen, *(as_tensor(a) for a in arguments))
 
-    def decode(self, caches, seen, rows, limit, pad_token_id=0, custom_filter=None):
+    def decode(self, caches, seen, rows, limit, pad_token_id=0, custom_filter=None, span=None):
         """Up to `min(DECODE_STEPS, limit)` steps; see `decode_loop.decode`.
 
-        `rows` is a `decode_loop.Rows` of NumPy arrays. Returns `(caches, seen,
-        rows, tokens, count)` with `rows`, `tokens` `[R, DECODE_STEPS]` and
-        `count` as NumPy.
+        `rows` is a `decode_loop.Rows` of NumPy arrays. `span` (one of
+        `spans_for(capacity)`): every active row's slots in these steps are
+        `<= span`; a program of its own. Returns `(caches, seen, rows, tokens,
+        count)` with `rows`, `tokens` `[R, DECODE_STEPS]` and `count` as NumPy.
         """
-        step_logits = self.step_logits()
+        step_logits = self.step_logits(span)
         rows = tree.map_structure(as_tensor, rows)
         limit = as_tensor(np.int32(limit))
         if BACKEND == "torch":
@@ -257,7 +276,7 @@ class CompiledGenerator:
                     custom_filter,
                 )
 
-            key = (pad_token_id, None if custom_filter is None else id(custom_filter))
+            key = (pad_token_id, None if custom_filter is None else id(custom_filter), span)
             function = self.compiled("decode", key, run, donate=(0, 1))
             result = function(caches, seen, rows, limit)
         caches, seen, rows, tokens, count = result
@@ -283,6 +302,8 @@ class CompiledGenerator:
     def warm(self, make_batch, rows, capacity, joining=False):
         """Runs every program of the `(rows, capacity)` bucket once, so none compiles later.
 
+        Every decode span of the capacity (`spans_for`) is a program of its own.
+
         `make_batch(rows, capacity)` gives an empty `DecodeBatch`; its rows are
         inactive, so nothing is written but the trash entries. `joining` also
         warms the prefill of fewer rows (powers of two) into the batch, which
@@ -301,7 +322,8 @@ class CompiledGenerator:
                     batch.feed_chunk(
                         np.zeros((width, chunk), "int32"), empty, empty, row_ids=row_ids
                     )
-            batch.run(limit=1)
+            for span in spans_for(capacity):
+                batch.run(limit=1, span=span)
         self._warm.add(key)
 
     # === PyTorch traces ===

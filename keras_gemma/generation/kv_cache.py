@@ -103,6 +103,17 @@ class KVCache(NamedTuple):
         cache_slots = self.slots(next_slots)  # (R, entries)
         return build_attention_mask(query_slots, cache_slots, cache_slots >= 0, window)
 
+    def within(self, span):
+        """For reading: entries `0..span-1` as a full cache, or `self` if it holds no more.
+
+        Exact for rows whose queries all sit at slots `<= span`: their entries
+        are below `span`, and a ring has not wrapped (slot `s` is entry `s`).
+        Entry `span` becomes the view's trash entry, which no query sees.
+        """
+        if span is None or span + 1 >= self.length:
+            return self
+        return KVCache(self.key[:, : span + 1], self.value[:, : span + 1])
+
     def take_rows(self, row_ids):
         """The cache of rows `row_ids` `[k]` only (a copy, for reading)."""
         return self.map(lambda buffer: ops.take(buffer, row_ids, axis=0))
