@@ -323,7 +323,14 @@ class CompiledGenerator:
                         np.zeros((width, chunk), "int32"), empty, empty, row_ids=row_ids
                     )
             for span in spans_for(capacity):
-                batch.run(limit=1, span=span)
+                if BACKEND == "torch":  # Its loop runs no step for inactive rows.
+                    import torch
+
+                    state = (batch.rows.token, batch.rows.position, batch.rows.active)
+                    with torch.inference_mode():
+                        self.step_logits(span)(batch.caches, *(as_tensor(a) for a in state))
+                else:
+                    batch.run(limit=1, span=span)
         self._warm.add(key)
 
     # === PyTorch traces ===
