@@ -369,6 +369,18 @@ def test_torch_threads_leave_busy_cores_alone(cores, load, threads):
     assert cli.torch_thread_count(cores, load) == threads
 
 
+def test_a_server_keeps_a_thread_per_core_whatever_the_load_at_start(monkeypatch):
+    calls = []
+    fake_torch = type("FakeTorch", (), {"set_num_threads": staticmethod(calls.append)})
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0, 4.0, 4.0))
+    cli._limit_torch_threads("serve")
+    assert calls == []
+    cli._limit_torch_threads("generate")
+    assert calls == [1]
+
+
 def test_progress_line():
     line = finetune.progress_line(5, 10, 1, 2, 2.34567, elapsed=10.0)
     assert line == "epoch 1/2 [=========>          ] 5/10 - loss: 2.3457 - ETA: 30s"

@@ -1,11 +1,14 @@
 """`keras-gemma serve`: an OpenAI-compatible HTTP server (needs the `serve` extra).
 
-The model loads first; then uvicorn listens while the scheduler compiles its
-programs (`/health` answers 503 until they are warm, 200 after) and the URL
-is printed once requests can be served.
+The model loads first; then uvicorn listens (in a thread of its own) while
+the scheduler compiles its programs (`/health` answers 503 until they are
+warm, 200 after), the URL is printed once requests can be served, and the
+scheduling loop runs in the main thread until Ctrl-C or SIGTERM.
 """
 
+import signal
 import threading
+import time
 
 from keras_gemma.commands.common import CommandError
 from keras_gemma.commands.common import say
@@ -30,36 +33,38 @@ def run(args):
         build_app(scheduler, model_name), host=args.host, port=args.port, log_level="warning"
     )
     server = uvicorn.Server(config)
-    failures = []
+    # HTTP in a thread; the model's programs run in this one, which loaded it
+    # (PyTorch's small ops run 4x slower in another thread: `Scheduler.start`).
+    http = threading.Thread(target=server.run, name="keras-gemma-http", daemon=True)
+    http.start()
+    while not server.started and http.is_alive():
+        time.sleep(0.05)
+    if not server.started:  # The port could not be bound; uvicorn said why.
+        http.join()
+        raise CommandError(f"could not listen on {args.host}:{args.port}")
+    port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
 
-    def warm(port):
-        try:
-            sizes = ", ".join(str(size) for size in scheduler.sizes)
-            say(f"Compiling for batches of {sizes} rows, {scheduler.capacity} slots each...")
-            scheduler.start()
-        except Exception as error:  # Reported by `run` once uvicorn has stopped.
-            failures.append(error)
-            server.should_exit = True
-            return
+    def finish(*_):
+        scheduler.stop()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, finish) if main else None
+    # uvicorn exits on its own (e.g. a fatal error): stop the loop then too.
+    watcher = threading.Thread(target=lambda: (http.join(), scheduler.stop()), daemon=True)
+    watcher.start()
+    try:
+        sizes = ", ".join(str(size) for size in scheduler.sizes)
+        say(f"Compiling for batches of {sizes} rows, {scheduler.capacity} slots each...")
+        scheduler.warm()
         host = f"[{args.host}]" if ":" in args.host else args.host
         print(f"Serving {model_name} at http://{host}:{port}/v1", flush=True)
-
-    original_startup = server.startup
-
-    async def startup(sockets=None):
-        await original_startup(sockets=sockets)
-        if server.should_exit:  # The port could not be bound; uvicorn said why.
-            return
-        port = server.servers[0].sockets[0].getsockname()[1] if server.servers else args.port
-        threading.Thread(target=warm, args=(port,), daemon=True).start()
-
-    server.startup = startup
-    try:
-        server.run()
+        scheduler.run()
+    except KeyboardInterrupt:
+        pass
     finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
         scheduler.stop()
-    if failures:
-        raise failures[0]
-    if not server.started:
-        raise CommandError(f"could not listen on {args.host}:{args.port}")
+        server.should_exit = True
+        http.join(30)
     return 0
