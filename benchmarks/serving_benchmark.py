@@ -7,7 +7,8 @@ and sends each client's streaming completion requests with the `openai`
 client. Per concurrency level: total new tokens/s (all clients, wall
 clock), time to first token and per-token latency (time between the first
 and last streamed text over the tokens between) p50/p95, and whether every
-greedy text equals the one-client text of the same prompt. One JSON line per server and level.
+greedy text equals the one-client text of the same prompt. One JSON line per server and level,
+then one comparing the servers' greedy texts prompt by prompt.
 
     PYTHONPATH=. KERAS_BACKEND=jax python benchmarks/serving_benchmark.py \
         --preset gemma3_270m --max-tokens 64 --levels 1 4 8 16
@@ -149,6 +150,7 @@ def main():
             )
         servers.append(("transformers", command, args.transformers, env))
     url = f"http://127.0.0.1:{args.port}"
+    solos = {}  # server -> its greedy text of each prompt
     for name, command, model, env in servers:
         process = subprocess.Popen(command, env=env)
         try:
@@ -162,6 +164,7 @@ def main():
                 flat = {p: next(iter(t)) for p, t in texts.items()}
                 if solo is None:
                     solo = flat
+                solos.setdefault(name, {}).update(flat)
                 same = all(len(t) == 1 for t in texts.values()) and all(
                     solo.get(p, text) == text for p, text in flat.items()
                 )
@@ -184,6 +187,12 @@ def main():
         finally:
             process.terminate()
             process.wait(60)
+    if len(solos) > 1:  # Greedy texts of the servers against each other, prompt by prompt.
+        (first, a), (second, b) = list(solos.items())[:2]
+        same = [p for p in a if a[p] == b.get(p)]
+        record = {"servers": [first, second], "prompts": len(a), "greedy_texts_equal": len(same)}
+        record["differing"] = {p: [a[p], b.get(p)] for p in a if p not in same}
+        print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

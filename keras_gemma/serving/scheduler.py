@@ -14,10 +14,16 @@ A batch's programs cost the same whatever number of its rows is active, so
 the scheduler keeps one batch per size in `sizes` (powers of two up to
 `max_batch`'s, each compiled at start): a request goes into the largest
 running batch with a free row; else, when nothing runs, into the smallest
-batch that holds the requests waiting with it, and when something runs, into
+batch that holds both the requests waiting with it and the most requests
+that ran at once in the last `RECENT` seconds, and when something runs, into
 the largest idle batch (later requests join it, so at most two sizes decode
 side by side while the first drains). One client decodes in a 1-row batch;
-busy clients share one batch; each step runs every non-empty batch.
+busy clients share one batch; each step runs every non-empty batch. The
+recent peak matters when a batch of clients all finish together and come
+back a few milliseconds apart: without it the first few started a small
+batch and the rest a second one, and both decoded side by side for the whole
+round (measured on the 270M, JAX, 8 clients arriving over 30 ms: 36.8
+against 53.3 tokens/s when they arrive together).
 
 Events go back to the job's asyncio loop with `call_soon_threadsafe`:
 `("text", piece)` as text is decoded, then `("done", finish_reason)` or
@@ -25,6 +31,7 @@ Events go back to the job's asyncio loop with `call_soon_threadsafe`:
 """
 
 import asyncio
+import collections
 import queue
 import threading
 import time
@@ -45,6 +52,8 @@ IDLE_POLL = 0.1
 # How long a quiet server waits after a first request for others of the same burst (seconds),
 # so that they share one batch instead of the first decoding alone in a 1-row batch.
 GATHER = 0.01
+# How long the most requests that ran at once sizes the batch a quiet server starts (seconds).
+RECENT = 2.0
 
 
 class Job:
@@ -120,6 +129,8 @@ class Scheduler:
         # Counters for tests and benchmarks: most rows active at once, finish reasons.
         self.peak_rows = 0
         self.finished = {"stop": 0, "length": 0, "cancelled": 0}
+        self.recent = RECENT
+        self._load = collections.deque()  # (time, requests running) after each admission
         self._incoming = queue.Queue()
         self._jobs = {}  # (size, row) -> Job
         self._stopping = threading.Event()
@@ -209,8 +220,8 @@ class Scheduler:
         running = {size for size, _ in used}
         order = sorted(running, reverse=True)
         idle = [size for size in self.sizes if size not in running]
-        if not running:  # A quiet server: the smallest batch that holds the newcomers.
-            order += [size for size in idle if size >= demand]
+        if not running:  # A quiet server: the smallest batch for the newcomers and recent load.
+            order += [size for size in idle if size >= max(demand, self._recent_peak())]
         order += sorted(idle, reverse=True)  # Busy: the largest, so that later ones join it.
         for size in order:
             for row in range(size):
@@ -254,6 +265,15 @@ class Scheduler:
                 job._detokenizer = IncrementalDetokenizer(self.tokenizer)
                 self._jobs[job.row] = job
         self.peak_rows = max(self.peak_rows, len(self._jobs))
+        if jobs:
+            self._load.append((time.monotonic(), len(self._jobs)))
+
+    def _recent_peak(self):
+        """The most requests running at once over the last `recent` seconds."""
+        horizon = time.monotonic() - self.recent
+        while self._load and self._load[0][0] < horizon:
+            self._load.popleft()
+        return max((count for _, count in self._load), default=0)
 
     def _advance(self, slot, job, tokens):
         """Feeds a row's new tokens to its job: text events, stop tokens, stop strings, budget."""

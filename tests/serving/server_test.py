@@ -225,7 +225,8 @@ def test_eight_concurrent_clients_each_equal_generate(server, tiny_lm):
     server.wait_idle()
 
 
-def test_a_request_joins_while_another_decodes(server, tiny_lm):
+def test_a_request_joins_while_another_decodes(server, tiny_lm, monkeypatch):
+    monkeypatch.setattr(server.scheduler, "recent", 0)  # Earlier tests' load is forgotten.
     tokenizer = tiny_lm.preprocessor.tokenizer
     prompt = [tokenizer.bos_token_id] + [int(t) for t in tokenizer(PROMPTS[6])]
     long_ids = expected_ids(tiny_lm, prompt, 96)
@@ -241,6 +242,34 @@ def test_a_request_joins_while_another_decodes(server, tiny_lm):
     assert short.choices[0].text == short_text
     pieces += [chunk.choices[0].text for chunk in stream]
     assert "".join(pieces) == tokenizer.detokenize(long_ids)
+
+
+def test_a_quiet_server_sizes_its_batch_by_the_recent_load(server, tiny_lm, monkeypatch):
+    """A burst of clients coming back a moment apart shares one batch; a lone client later not."""
+    server.wait_idle()
+    threads = [
+        threading.Thread(
+            target=server.client.completions.create,
+            kwargs=dict(model=MODEL, prompt=PROMPTS[i], max_tokens=4),
+        )
+        for i in range(MAX_BATCH)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    server.wait_idle()
+    expected = expected_text(tiny_lm, PROMPTS[6], 96)  # 96 tokens: it decodes a while.
+    for recent, slot in ((60.0, (MAX_BATCH, 0)), (0.0, (1, 0))):
+        monkeypatch.setattr(server.scheduler, "recent", recent)
+        stream = server.client.completions.create(
+            model=MODEL, prompt=PROMPTS[6], max_tokens=96, stream=True
+        )
+        pieces = [next(stream).choices[0].text]
+        assert server.scheduler.active_rows == [slot]
+        pieces += [chunk.choices[0].text for chunk in stream]
+        assert "".join(pieces) == expected
+        server.wait_idle()
 
 
 def test_seeded_sampling_is_reproducible(server):
