@@ -245,6 +245,7 @@ def main():
         first_call_only()
         return
     if args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend  # Keras is not imported yet.
         if args.backend == "torch":
             import torch
 
