@@ -47,7 +47,7 @@ CAPACITIES = (2048, 8192, 32768, 131072)
 # Decode programs whose attention reads only a cache's first `span` entries, used
 # while every active row sits below the span (`span_for`); each capacity also has
 # one that reads all of them. Short sequences then do not pay for the capacity:
-# 270M, 8 rows, 2,048 slots: 123 against 164 ms a step (JAX, 2-core CPU).
+# 270M, 8 rows, 2,048 slots: 132 against 173 ms a step (JAX, 2-core CPU).
 DECODE_SPANS = (256, 2048)
 # Set to "0" to keep JAX's persistent compilation cache off.
 COMPILE_CACHE_VARIABLE = "KERAS_GEMMA_COMPILE_CACHE"
