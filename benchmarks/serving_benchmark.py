@@ -150,7 +150,7 @@ def main():
             )
         servers.append(("transformers", command, args.transformers, env))
     url = f"http://127.0.0.1:{args.port}"
-    solos = {}  # server -> its greedy text of each prompt
+    texts_by_server = {}  # server -> its greedy text of each prompt
     for name, command, model, env in servers:
         process = subprocess.Popen(command, env=env)
         try:
@@ -164,7 +164,7 @@ def main():
                 flat = {p: next(iter(t)) for p, t in texts.items()}
                 if solo is None:
                     solo = flat
-                solos.setdefault(name, {}).update(flat)
+                texts_by_server.setdefault(name, {}).update(flat)
                 same = all(len(t) == 1 for t in texts.values()) and all(
                     solo.get(p, text) == text for p, text in flat.items()
                 )
@@ -187,8 +187,10 @@ def main():
         finally:
             process.terminate()
             process.wait(60)
-    if len(solos) > 1:  # Greedy texts of the servers against each other, prompt by prompt.
-        (first, a), (second, b) = list(solos.items())[:2]
+    if (
+        len(texts_by_server) > 1
+    ):  # Greedy texts of the servers against each other, prompt by prompt.
+        (first, a), (second, b) = list(texts_by_server.items())[:2]
         same = [p for p in a if a[p] == b.get(p)]
         record = {"servers": [first, second], "prompts": len(a), "greedy_texts_equal": len(same)}
         record["differing"] = {p: [a[p], b.get(p)] for p in a if p not in same}

@@ -49,9 +49,12 @@ def run(args):
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, finish) if main else None
-    # uvicorn exits on its own (e.g. a fatal error): stop the loop then too.
-    watcher = threading.Thread(target=lambda: (http.join(), scheduler.stop()), daemon=True)
-    watcher.start()
+
+    def stop_when_http_ends():  # uvicorn exits on its own (e.g. a fatal error).
+        http.join()
+        scheduler.stop()
+
+    threading.Thread(target=stop_when_http_ends, daemon=True).start()
     try:
         sizes = ", ".join(str(size) for size in scheduler.sizes)
         say(f"Compiling for batches of {sizes} rows, {scheduler.capacity} slots each...")

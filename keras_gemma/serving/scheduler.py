@@ -266,13 +266,17 @@ class Scheduler:
                 self._jobs[job.row] = job
         self.peak_rows = max(self.peak_rows, len(self._jobs))
         if jobs:
+            self._forget_old_load()  # Also here: a server that is never quiet keeps admitting.
             self._load.append((time.monotonic(), len(self._jobs)))
 
-    def _recent_peak(self):
-        """The most requests running at once over the last `recent` seconds."""
+    def _forget_old_load(self):
         horizon = time.monotonic() - self.recent
         while self._load and self._load[0][0] < horizon:
             self._load.popleft()
+
+    def _recent_peak(self):
+        """The most requests running at once over the last `recent` seconds."""
+        self._forget_old_load()
         return max((count for _, count in self._load), default=0)
 
     def _advance(self, slot, job, tokens):
